@@ -1,0 +1,46 @@
+# Two entry points for a fresh Debian bookworm machine: `make demo` and `make test`.
+# Each installs what it needs (Debian packages when missing, the venv, the cffi build) and is safe to rerun.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian's own python3 with system site-packages: python3-gi (umockdev's bindings) comes from Debian.
+SYSTEM_PYTHON := /usr/bin/python3
+APT_PACKAGES := python3 python3-venv python3-dev python3-gi gcc pkg-config libffi-dev linux-libc-dev \
+	libsystemd-dev umockdev gir1.2-umockdev-1.0 xenstore-utils ovmf
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps venv demo test lint bench clean
+
+all: test
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml setup.py cffi_build.py
+	$(MAKE) deps
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,systemd]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sevd demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check sevd tests bench cffi_build.py
+	$(VENV)/bin/ruff format --check sevd tests bench cffi_build.py
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info sevd/_psp*.so sevd/_psp.c
