@@ -63,7 +63,7 @@ def test_unknown_status_still_raises_with_its_code():
 
 def test_no_fw_call_is_named():
     assert status.error_class(-1) is status.NoFwCall
-    assert status.FirmwareStatus.NO_FW_CALL == lib_ret_no_fw_call()
+    assert lib_ret_no_fw_call() == status.FirmwareStatus.NO_FW_CALL
 
 
 def lib_ret_no_fw_call():
