@@ -1,0 +1,329 @@
+"""sev-owner: the guest owner's tool.  Reads and writes the files sev-tool and sevctl use.
+
+Exit status: 0 success, 1 verification failure (a signature, MAC or measurement did not verify), 2 unusable
+input (a missing or malformed file or argument).  `--json` on every verb prints one JSON object instead of text.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import pathlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sevd.abi import certs
+from sevd.abi.launch import LaunchMeasurement
+from sevd.errors import InputError, SevdError, VerificationError
+from sevd.owner import files
+from sevd.owner import measurement as owner_measurement
+from sevd.owner import secret as owner_secret
+from sevd.owner.chain import verify_chain_dir
+from sevd.owner.session import make_session, write_session
+
+EXIT_OK = 0
+EXIT_VERIFY = 1
+EXIT_INPUT = 2
+
+_RESERVED_POLICY_BITS = 0x0000FFC0
+
+
+def parse_policy(text: str) -> int:
+    """The guest policy word; uses sevd.abi.policy when present, else checks the reserved bits 6-15 here."""
+    try:
+        from sevd.abi.policy import Policy
+    except ImportError:  # pragma: no cover - only without the ABI policy module
+        return _parse_policy_locally(text)
+    try:
+        return int(Policy.parse(text))
+    except InputError as exc:
+        raise InputError(f"--policy: {exc}") from None
+
+
+def _parse_policy_locally(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise InputError(f"--policy {text!r}: not a number") from None
+    if not 0 <= value <= 0xFFFFFFFF or value & _RESERVED_POLICY_BITS:
+        raise InputError(f"--policy 0x{value:x}: must be 32 bits with reserved bits 6-15 zero")
+    return value
+
+
+def parse_api(text: str) -> tuple[int, int]:
+    major, sep, minor = text.partition(".")
+    try:
+        values = int(major), int(minor)
+    except ValueError:
+        values = (-1, -1)
+    if not sep or not all(0 <= v <= 255 for v in values):
+        raise InputError(f"--api {text!r}: expected MAJOR.MINOR, e.g. 0.22")
+    return values
+
+
+def parse_byte(text: str, option: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 255:
+        raise InputError(f"{option} {text!r}: expected a number from 0 to 255")
+    return value
+
+
+def parse_mnonce(text: str) -> bytes:
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        data = b""
+    if len(data) != 16:
+        raise InputError(f"--mnonce {text!r}: expected 32 hex digits (16 bytes)")
+    return data
+
+
+class _Result:
+    """What a verb reports: a dict for --json and lines for people."""
+
+    def __init__(self, lines: list[str] | None = None, **data: Any):
+        self.lines = lines or []
+        self.data = data
+
+
+def _verb(fn: Callable[..., _Result]) -> Callable[..., None]:
+    """Add --json, run the verb, print its result, and map errors to exit status 1 or 2."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> None:
+        try:
+            result = fn(*args, **kwargs)
+        except VerificationError as exc:
+            _fail(as_json, EXIT_VERIFY, "verification", str(exc))
+        except SevdError as exc:
+            _fail(as_json, EXIT_INPUT, "input", str(exc))
+        if as_json:
+            click.echo(json.dumps({"ok": True, **result.data}, sort_keys=True))
+        else:
+            for line in result.lines:
+                click.echo(line)
+
+    return wrapper
+
+
+def _fail(as_json: bool, code: int, kind: str, message: str) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": kind, "message": message}, sort_keys=True))
+    else:
+        click.echo(f"sev-owner: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Guest-owner tools for AMD SEV: verify a platform, make a launch session, check a measurement,
+    package a secret."""
+
+
+# -- verify-chain -----------------------------------------------------------------------------------------------
+
+
+@main.command("verify-chain")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--ark", type=click.Path(dir_okay=False), help="AMD root key (default: DIR/ark.cert or built in).")
+@click.option("--ask", type=click.Path(dir_okay=False), help="AMD signing key (default: DIR/ask.cert or built in).")
+@_verb
+def verify_chain_cmd(directory: str, ark: str | None, ask: str | None) -> _Result:
+    """Verify PDH <- PEK <- (OCA, CEK <- ASK <- ARK) from DIR (pdh.cert pek.cert oca.cert cek.cert)."""
+    report = verify_chain_dir(directory, ark, ask)
+    gen = report.generation or "unknown"
+    return _Result(
+        [f"chain OK: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots from {report.roots} (generation {gen})"],
+        roots=report.roots,
+        generation=report.generation,
+    )
+
+
+# -- session ----------------------------------------------------------------------------------------------------
+
+
+@main.command("session")
+@click.option("--pdh", "pdh_path", required=True, type=click.Path(dir_okay=False), help="The platform's pdh.cert.")
+@click.option("--policy", required=True, help="Guest policy, e.g. 0x1 or NODBG|NOKS.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write to.")
+@click.option("--chain-dir", type=click.Path(file_okay=False), help="Certificates to verify the PDH with.")
+@click.option("--no-verify", is_flag=True, help="Do not verify the PDH's chain (testing only).")
+@click.option("--name", default="guest", show_default=True, help="Prefix of the sevctl-style files.")
+@_verb
+def session_cmd(pdh_path: str, policy: str, out_dir: str, chain_dir: str | None, no_verify: bool, name: str) -> _Result:
+    """Make a launch session: godh.cert, launch_blob.bin, tmp_tk.bin and NAME_{godh,session}.b64,
+    NAME_{tek,tik}.bin."""
+    policy_value = parse_policy(policy)
+    if no_verify:
+        if chain_dir is not None:
+            raise InputError("give --chain-dir or --no-verify, not both")
+        pdh = certs.SevCert.parse(files.read_bytes(pdh_path, "PDH certificate"), pdh_path)
+        verified = "not verified (--no-verify)"
+    else:
+        directory = pathlib.Path(chain_dir) if chain_dir else pathlib.Path(pdh_path).resolve().parent
+        report = verify_chain_dir(directory)
+        pdh = certs.SevCert.parse(files.read_bytes(pdh_path, "PDH certificate"), pdh_path)
+        if pdh != report.chain.pdh:
+            raise VerificationError(f"{pdh_path} is not the PDH of the chain verified in {directory}")
+        verified = f"chain verified in {directory} (roots from {report.roots})"
+    if pdh.usage != certs.Usage.PDH:
+        raise InputError(f"{pdh_path}: holds a {pdh.role} key, expected PDH")
+    session = make_session(pdh, policy_value)
+    written = write_session(out_dir, session, name)
+    return _Result(
+        [f"PDH {verified}", f"policy 0x{policy_value:08x}", *(f"wrote {p}" for p in written)],
+        policy=policy_value,
+        verified=not no_verify,
+        files=[str(p) for p in written],
+    )
+
+
+# -- measurement ------------------------------------------------------------------------------------------------
+
+
+def _measure_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(
+        [
+            click.option("--image", required=True, type=click.Path(dir_okay=False), help="The boot image."),
+            click.option("--policy", required=True, help="Guest policy."),
+            click.option("--api", required=True, help="Firmware API version MAJOR.MINOR, e.g. 0.22."),
+            click.option("--build", required=True, help="Firmware build number."),
+            click.option("--tik", type=click.Path(dir_okay=False), help="TIK file (16 bytes, sevctl)."),
+            click.option("--tk", type=click.Path(dir_okay=False), help="tmp_tk.bin (TEK||TIK, sev-tool)."),
+            click.option("--vmsa", multiple=True, type=click.Path(dir_okay=False), help="SEV-ES VMSA page(s)."),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+def _measure_inputs(image: str, policy: str, api: str, build: str, vmsa: tuple[str, ...]) -> dict[str, Any]:
+    major, minor = parse_api(api)
+    return {
+        "image": files.read_bytes(image, "boot image"),
+        "policy": parse_policy(policy),
+        "api_major": major,
+        "api_minor": minor,
+        "build": parse_byte(build, "--build"),
+        "vmsas": [files.read_bytes(v, "VMSA page") for v in vmsa],
+    }
+
+
+@main.command("measurement")
+@_measure_options
+@click.option("--mnonce", required=True, help="The launch's mnonce, 32 hex digits.")
+@_verb
+def measurement_cmd(
+    image: str,
+    policy: str,
+    api: str,
+    build: str,
+    tik: str | None,
+    tk: str | None,
+    vmsa: tuple[str, ...],
+    mnonce: str,
+) -> _Result:
+    """Compute the measurement a correct launch of IMAGE reports (hex and base64 of measure||mnonce)."""
+    inputs = _measure_inputs(image, policy, api, build, vmsa)
+    key = files.read_tik(tik, tk)
+    m = owner_measurement.expected_measurement(**inputs, tik=key, mnonce=parse_mnonce(mnonce))
+    return _Result(
+        [f"measure {m.measure.hex()}", f"mnonce  {m.mnonce.hex()}", f"base64  {m.to_base64()}"],
+        measure=m.measure.hex(),
+        mnonce=m.mnonce.hex(),
+        base64=m.to_base64(),
+    )
+
+
+@main.command("verify-measurement")
+@_measure_options
+@click.option("--measurement", "reported", required=True, help="LAUNCH_MEASURE as base64 (measure||mnonce).")
+@_verb
+def verify_measurement_cmd(
+    image: str,
+    policy: str,
+    api: str,
+    build: str,
+    tik: str | None,
+    tk: str | None,
+    vmsa: tuple[str, ...],
+    reported: str,
+) -> _Result:
+    """Check a reported measurement against IMAGE, policy, API version and build (constant-time compare)."""
+    inputs = _measure_inputs(image, policy, api, build, vmsa)
+    key = files.read_tik(tik, tk)
+    m = LaunchMeasurement.from_base64(reported, "--measurement")
+    owner_measurement.verify_measurement(m, **inputs, tik=key)
+    return _Result(["measurement OK"], measure=m.measure.hex(), mnonce=m.mnonce.hex())
+
+
+# -- package-secret -----------------------------------------------------------------------------------------------
+
+
+@main.command("package-secret")
+@click.option("--secret", "secret_path", type=click.Path(dir_okay=False), help="A raw secret (multiple of 16).")
+@click.option("--guid", "guids", multiple=True, help="GUID=FILE entry of an OVMF secret table (repeatable).")
+@click.option("--tk", type=click.Path(dir_okay=False), help="tmp_tk.bin (TEK||TIK).")
+@click.option("--tek", type=click.Path(dir_okay=False), help="TEK file (16 bytes, sevctl).")
+@click.option("--tik", type=click.Path(dir_okay=False), help="TIK file (16 bytes, sevctl).")
+@click.option("--measurement", "reported", required=True, help="The verified LAUNCH_MEASURE, base64.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write to.")
+@_verb
+def package_secret_cmd(
+    secret_path: str | None,
+    guids: tuple[str, ...],
+    tk: str | None,
+    tek: str | None,
+    tik: str | None,
+    reported: str,
+    out_dir: str,
+) -> _Result:
+    """Encrypt a secret for LAUNCH_SECRET: packaged_secret_header.bin and packaged_secret.bin."""
+    if (secret_path is None) == (not guids):
+        raise InputError("give either --secret FILE or one or more --guid GUID=FILE")
+    if secret_path is not None:
+        secret = files.read_bytes(secret_path, "secret")
+    else:
+        entries = []
+        for arg in guids:
+            guid, path = owner_secret.parse_guid_file_arg(arg)
+            entries.append((guid, files.read_bytes(path, f"secret for {guid}")))
+        secret = owner_secret.ovmf_secret_table(entries)
+    keys = files.read_transport_keys(tk, tek, tik)
+    m = LaunchMeasurement.from_base64(reported, "--measurement")
+    packaged = owner_secret.package_secret(keys, secret, m)
+    written = owner_secret.write_packaged_secret(out_dir, packaged)
+    header_b64 = base64.b64encode(packaged.header.to_bytes()).decode()
+    secret_b64 = base64.b64encode(packaged.ciphertext).decode()
+    return _Result(
+        [*(f"wrote {p}" for p in written), f"packet-header {header_b64}", f"secret        {secret_b64}"],
+        files=[str(p) for p in written],
+        length=len(secret),
+        packet_header=header_b64,
+        secret=secret_b64,
+    )
+
+
+# -- show-cert ----------------------------------------------------------------------------------------------------
+
+
+@main.command("show-cert")
+@click.argument("path", type=click.Path(dir_okay=False))
+@_verb
+def show_cert_cmd(path: str) -> _Result:
+    """Decode an SEV certificate or an AMD ARK/ASK certificate."""
+    cert = certs.parse_any(files.read_bytes(path, "certificate"), path)
+    info = cert.describe()
+    return _Result([f"{k}: {v}" for k, v in info.items()], **info)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
