@@ -21,6 +21,11 @@ from sevd.xen.wire import XsType
 from sevd.xen.xenstored import XenstoredStandIn
 
 
+def S(*items: str) -> bytes:
+    """NUL-terminated strings (spelled out: adjacent byte literals like b"7\\0" b"1" would read as octal)."""
+    return wire.join_strings(items)
+
+
 class XsFail(Exception):
     def __init__(self, name: str):
         super().__init__(name)
@@ -277,7 +282,7 @@ def test_einval(dom0):
     assert dom0.err(XsType.SET_PERMS, b"/tool\0rfoo\0") == "EINVAL"
     assert dom0.err(XsType.WATCH, b"/only-path\0") == "EINVAL"
     assert dom0.err(XsType.INTRODUCE, b"5\0") == "EINVAL"
-    assert dom0.err(XsType.INTRODUCE, b"5\0123\0" + b"0\0") == "EINVAL"  # event channel must be > 0
+    assert dom0.err(XsType.INTRODUCE, S("5", "123", "0")) == "EINVAL"  # event channel must be > 0
     assert dom0.err(XsType.RELEASE, b"0\0") == "EINVAL"
     assert dom0.err(XsType.DIRECTORY_PART, b"/tool\0") == "EINVAL"
 
@@ -305,10 +310,10 @@ def test_eacces_for_unprivileged_domain(dom0, guest):
     assert guest.err(XsType.READ, b"/local/domain/0/missing\0") == "EACCES"
     assert guest.err(XsType.READ, b"/local/domain/5/missing\0") == "ENOENT"
     for t, p in (
-        (XsType.INTRODUCE, b"6\01\01\0"),
+        (XsType.INTRODUCE, S("6", "1", "1")),
         (XsType.RELEASE, b"6\0"),
         (XsType.IS_DOMAIN_INTRODUCED, b"6\0"),
-        (XsType.SET_TARGET, b"6\05\0"),
+        (XsType.SET_TARGET, S("6", "5")),
         (XsType.RESUME, b"6\0"),
         (XsType.CONTROL, b"help\0"),
     ):
@@ -414,7 +419,7 @@ def test_quotas(sockdir):
         d0.write("/local/domain/6/f", b"")  # Dom0 has no quota
         g.watch("a", "1")
         g.watch("b", "1")
-        assert g.err(XsType.WATCH, b"d\01\0") == "E2BIG"
+        assert g.err(XsType.WATCH, S("d", "1")) == "E2BIG"
         assert g.err(XsType.WRITE, b"a\0" + b"x" * 2049) == "ENOSPC"
         d0.close()
         g.close()
@@ -497,11 +502,11 @@ def test_special_watches_introduce_release(dom0, xs):
     dom0.watch("@releaseDomain", "r")
     assert dom0.event() == ("@introduceDomain", "i")
     assert dom0.event() == ("@releaseDomain", "r")
-    dom0.ok(XsType.INTRODUCE, b"7\04096\03\0")
+    dom0.ok(XsType.INTRODUCE, S("7", "4096", "3"))
     assert dom0.event() == ("@introduceDomain", "i")
     assert dom0.ok(XsType.IS_DOMAIN_INTRODUCED, b"7\0") == b"T\0"
     g.no_event()  # unprivileged: the special node is not readable
-    dom0.ok(XsType.INTRODUCE, b"7\04096\03\0")  # again: no new event
+    dom0.ok(XsType.INTRODUCE, S("7", "4096", "3"))  # again: no new event
     dom0.no_event()
     # The guest's own nodes go away with it; Dom0-owned nodes stay.
     dom0.write("/local/domain/7", b"")
@@ -520,7 +525,7 @@ def test_special_watches_introduce_release(dom0, xs):
     g8 = Raw(xs.domain_socket(8))
     g8.watch("@introduceDomain", "x")
     assert g8.event() == ("@introduceDomain", "x")
-    dom0.ok(XsType.INTRODUCE, b"9\01\01\0")
+    dom0.ok(XsType.INTRODUCE, S("9", "1", "1"))
     assert g8.event() == ("@introduceDomain", "x")
     g8.close()
 
@@ -623,7 +628,7 @@ def test_store_survives_restart(sockdir):
         c.write("/keep/b", b"2")
         c.set_perms("/keep/b", "n3", "r0")
         c.set_perms("@releaseDomain", "n0", "r3")
-        c.ok(XsType.INTRODUCE, b"3\01\01\0")
+        c.ok(XsType.INTRODUCE, S("3", "1", "1"))
         # durable before the reply: the file already holds the last write
         with open(store) as f:
             doc = json.load(f)
