@@ -247,3 +247,28 @@ def test_godh_style_certificate_round_trips():
     assert again == cert
     assert again.sigs[0].usage == Usage.NONE and again.sigs[1].usage == Usage.NONE
     assert again.public_key().public_numbers() == key.public_key().public_numbers()
+
+
+def test_a_chain_built_with_fresh_keys_verifies_like_amds():
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ark_key = rsa.generate_private_key(65537, 2048)
+    ask_key = rsa.generate_private_key(65537, 2048)
+    ark = AmdCert.for_rsa_key(ark_key.public_key(), Usage.ARK, b"A" * 16, b"A" * 16).signed_by(ark_key)
+    ask = AmdCert.for_rsa_key(ask_key.public_key(), Usage.ASK, b"S" * 16, b"A" * 16).signed_by(ark_key)
+    keys = {u: ec.generate_private_key(ec.SECP384R1()) for u in (Usage.CEK, Usage.OCA, Usage.PEK, Usage.PDH)}
+
+    def cert(usage, algo):
+        return SevCert.for_ec_key(keys[usage].public_key(), usage, algo, 0, 22)
+
+    ecdsa = certs.Algo.ECDSA_SHA256
+    cek = cert(Usage.CEK, ecdsa).signed_by(ask_key, Usage.ASK, certs.Algo.RSA_SHA256)
+    oca = cert(Usage.OCA, ecdsa).signed_by(keys[Usage.OCA], Usage.OCA, ecdsa)
+    pek = cert(Usage.PEK, ecdsa).signed_by(keys[Usage.OCA], Usage.OCA, ecdsa)
+    pek = pek.signed_by(keys[Usage.CEK], Usage.CEK, ecdsa)
+    pdh = cert(Usage.PDH, certs.Algo.ECDH_SHA256).signed_by(keys[Usage.PEK], Usage.PEK, ecdsa)
+    reparsed = [SevCert.parse(c.to_bytes()) for c in (pdh, pek, oca, cek)]
+    roots = [AmdCert.parse(c.to_bytes()) for c in (ask, ark)]
+    certs.verify_chain(PlatformChain(*reparsed, *roots))
+    with pytest.raises(VerificationError, match="CEK is not signed by ASK"):
+        certs.verify_chain(PlatformChain(*reparsed, *certs.builtin_roots("naples")[::-1]))

@@ -255,13 +255,16 @@ class SevCert:
         field += bytes(PUBKEY_SIZE - len(field))
         return cls(1, api_major, api_minor, usage, algo, field, (SevSignature.empty(), SevSignature.empty()))
 
-    def signed_by(self, private_key: ec.EllipticCurvePrivateKey, usage: int, algo: int) -> SevCert:
-        """A copy with the first empty signature slot filled by an ECDSA signature of `private_key`."""
-        if algo not in _ECDSA_ALGOS:
-            raise InputError(f"signing {self.role}: algorithm {_algo_name(algo)} is not ECDSA")
-        der = private_key.sign(self.signed_bytes(), ec.ECDSA(_hash_for(algo)))
-        r, s = decode_dss_signature(der)
-        raw = r.to_bytes(EC_COORD_SIZE, "little") + s.to_bytes(EC_COORD_SIZE, "little")
+    def signed_by(self, private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, usage: int, algo: int) -> SevCert:
+        """A copy with the first empty signature slot filled by `private_key`'s signature (ECDSA or RSA-PSS)."""
+        message = self.signed_bytes()
+        if algo in _ECDSA_ALGOS and isinstance(private_key, ec.EllipticCurvePrivateKey):
+            r, s = decode_dss_signature(private_key.sign(message, ec.ECDSA(_hash_for(algo))))
+            raw = r.to_bytes(EC_COORD_SIZE, "little") + s.to_bytes(EC_COORD_SIZE, "little")
+        elif algo in _RSA_ALGOS and isinstance(private_key, rsa.RSAPrivateKey):
+            raw = _sign_pss(private_key, message, _hash_for(algo))[::-1]
+        else:
+            raise InputError(f"signing {self.role}: algorithm {_algo_name(algo)} does not match the signing key")
         sig = SevSignature(usage, algo, raw + bytes(SIG_SIZE - len(raw)))
         if self.sigs[0].is_empty():
             return dataclasses.replace(self, sigs=(sig, self.sigs[1]))
@@ -310,6 +313,10 @@ def _verify_slot(key: object, sig: SevSignature, message: bytes) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return False
+
+
+def _sign_pss(key: rsa.RSAPrivateKey, message: bytes, algo: hashes.HashAlgorithm) -> bytes:
+    return key.sign(message, padding.PSS(padding.MGF1(algo), algo.digest_size), algo)
 
 
 def _verify_pss(key: rsa.RSAPublicKey, signature: bytes, message: bytes, algo: hashes.HashAlgorithm) -> None:
@@ -367,6 +374,23 @@ class AmdCert:
         )
         cert.public_key(name)
         return cert
+
+    @classmethod
+    def for_rsa_key(cls, key: rsa.RSAPublicKey, usage: int, key_id: bytes, certifying_id: bytes) -> AmdCert:
+        """An unsigned AMD certificate for an RSA key (a simulated ARK or ASK); sign it with `signed_by`."""
+        if key.key_size not in (2048, 4096) or len(key_id) != 16 or len(certifying_id) != 16:
+            raise InputError(f"{_usage_name(usage)}: needs a 2048/4096-bit key and 16-byte key ids")
+        nums, size = key.public_numbers(), key.key_size // 8
+        return cls(
+            1, key_id, certifying_id, usage, key.key_size, key.key_size,
+            nums.e.to_bytes(size, "little"), nums.n.to_bytes(size, "little"), bytes(size),
+        )  # fmt: skip
+
+    def signed_by(self, private_key: rsa.RSAPrivateKey) -> AmdCert:
+        """A copy signed (RSA-PSS, byte-reversed) by `private_key`, whose certificate must carry certifying_id."""
+        algo = hashes.SHA256() if private_key.key_size == 2048 else hashes.SHA384()
+        sig = _sign_pss(private_key, self.signed_bytes(), algo)[::-1]
+        return dataclasses.replace(self, signature=sig + bytes(len(self.modulus) - len(sig)))
 
     def signed_bytes(self) -> bytes:
         head = struct.pack("<I", self.version) + self.key_id + self.certifying_id + struct.pack("<I", self.usage)
