@@ -670,3 +670,20 @@ def test_command_line_ready_line_and_sigterm(sockdir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_event_precedes_reply_of_the_request_causing_it(xs):
+    s = _raw_sock(xs.socket_path)
+    dec = wire.FrameDecoder()
+
+    def frames(n: int) -> list[wire.Message]:
+        got: list[wire.Message] = []
+        while len(got) < n:
+            got += dec.feed(s.recv(65536))
+        return got
+
+    s.sendall(wire.encode(XsType.WATCH, S("/order", "t"), req_id=1))
+    assert [m.type for m in frames(2)] == [XsType.WATCH, XsType.WATCH_EVENT]  # OK, then the first event
+    s.sendall(wire.encode(XsType.WRITE, b"/order/x\0" + b"1", req_id=2))
+    assert [(m.type, m.req_id) for m in frames(2)] == [(XsType.WATCH_EVENT, 0), (XsType.WRITE, 2)]
+    s.close()

@@ -187,7 +187,7 @@ class Ctx:
         self.store = tx.store if tx else server.store
         self.events: list[Event] = []
         self.changed = False
-        self.after: list[Callable[[], None]] = []  # run once the reply is queued
+        self.after: list[Callable[[], None]] = []  # run once the reply is queued (WATCH's first event)
 
     def read(self, path: str) -> Node | None:
         node = self.store.get(path)
@@ -461,9 +461,10 @@ class XenstoredStandIn:
             return
         if ctx.changed and tx is None:
             self._dirty = True
-        conn.send(wire.encode(msg.type, reply, msg.req_id, msg.tx_id))
+        # As xenstored: watch events caused by a request are queued before its reply.
         for ev in ctx.events:
             self._deliver(ev)
+        conn.send(wire.encode(msg.type, reply, msg.req_id, msg.tx_id))
         for fn in ctx.after:
             fn()
 
@@ -545,10 +546,10 @@ class XenstoredStandIn:
         if len(payload) <= wire.XENSTORE_PAYLOAD_MAX:
             conn.send(wire.encode(XsType.WATCH_EVENT, payload))
 
-    def _fire_special(self, name: str) -> None:
+    def _special_event(self, name: str) -> Event:
+        """The event of a special watch: exact match only; visible to whoever may read the special node."""
         node = self.store.get(name)
-        if node is not None:
-            self._deliver(Event(name, True, node.perms, self.store.get("/").perms))
+        return Event(name, True, node.perms if node else None, self.store.get("/").perms)
 
     # ------------------------------------------------------------------ tree operations
 
@@ -781,7 +782,7 @@ class XenstoredStandIn:
         else:
             self.introduced.add(domid)
             self._dirty = True
-            ctx.after.append(lambda: self._fire_special(wire.SPECIAL_INTRODUCE))
+            ctx.events.append(self._special_event(wire.SPECIAL_INTRODUCE))
         return wire.OK
 
     def _onearg_domain(self, payload: bytes) -> int:
@@ -807,7 +808,7 @@ class XenstoredStandIn:
         self._remove_owned(rm_ctx, "/", domid)
         ctx.events.extend(rm_ctx.events)
         self._dirty = True
-        ctx.after.append(lambda: self._fire_special(wire.SPECIAL_RELEASE))
+        ctx.events.append(self._special_event(wire.SPECIAL_RELEASE))
         return wire.OK
 
     def _remove_owned(self, ctx: Ctx, path: str, domid: int) -> None:
