@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sevd.abi.certs import Algo, SevCert, Usage
 
-REFERENCE = pathlib.Path("/work/shared/reference/amd-certs")
+# A real Rome platform chain (AMD's bytes, public), kept with the tests so they need nothing outside the repo.
+REFERENCE = pathlib.Path(__file__).parent / "data"
 PLATFORM_ROME = REFERENCE / "platform-rome"
 ROOTS = pathlib.Path(__file__).resolve().parent.parent / "sevd" / "abi" / "roots"
 PLATFORM_FILES = ("pdh", "pek", "oca", "cek")
