@@ -1,0 +1,400 @@
+"""The simulated /dev/sev: the Linux driver's behaviour in front of the firmware model.
+
+`SimulatedPsp` is an IoctlTarget: it takes the same `struct sev_issue_cmd` the real device takes
+and follows its `data` pointer through a `CallerMemory`, the way the kernel copies from user
+space.  In front of the firmware it does what drivers/crypto/ccp/sev-dev.c does: EPERM for a
+read-only fd on write commands, EINVAL for unknown ids, lazy INIT (with WBINVD + DF_FLUSH) for the
+commands that need it, the length probe, the 16 KiB blob cap, EIO with the status in `error` when
+the firmware fails.  Guest commands arrive through SEV_ISSUE_GUEST_CMD, the ioctl of our Dom0
+kernel patch.  Every command runs under the host's mailbox lock and loads and saves the firmware
+state, so several processes can share one simulated PSP and it outlives them all.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from sevd._psp import ffi
+from sevd.abi import status
+from sevd.abi.commands import GUEST_COMMANDS, USER_BLOB_MAX, WRITE_COMMANDS, FirmwareCommand, UserCommand
+from sevd.abi.commands import PlatformState as P
+from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
+from sevd.psp.simulated import tables
+from sevd.psp.simulated.firmware import Firmware, new_state
+from sevd.psp.simulated.identity import Identity
+from sevd.psp.simulated.memory import PhysicalMemory
+from sevd.psp.simulated.store import exclusive, read_json, write_json
+
+C = FirmwareCommand
+_SECRET_TRANSPORT_MAX = 0x5000  # the guest patch lets LAUNCH_SECRET's transport buffer reach the firmware's limit
+
+
+class CallerMemory(Protocol):
+    """The caller's side of an ioctl, as the kernel sees it: the command buffer and the blobs it points to."""
+
+    def read_buffer(self, size: int) -> bytes: ...
+
+    def write_buffer(self, data: bytes) -> None: ...
+
+    def read_at(self, pointer_offset: int, length: int) -> bytes:
+        """Follow the pointer stored at `pointer_offset` in the command buffer; copy `length` bytes."""
+        ...
+
+    def write_at(self, pointer_offset: int, data: bytes) -> None: ...
+
+
+class InProcessCaller:
+    """The caller lives in this process: addresses are ours to dereference."""
+
+    def __init__(self, data_address: int):
+        self.address = data_address
+
+    def read_buffer(self, size: int) -> bytes:
+        return bytes(ffi.buffer(ffi.cast("uint8_t *", self.address), size))
+
+    def write_buffer(self, data: bytes) -> None:
+        ffi.memmove(ffi.cast("uint8_t *", self.address), data, len(data))
+
+    def _pointer(self, offset: int) -> int:
+        return int(ffi.cast("uint64_t *", self.address + offset)[0])
+
+    def read_at(self, pointer_offset: int, length: int) -> bytes:
+        pointer = self._pointer(pointer_offset)
+        if not pointer:
+            raise _Errno(errno.EFAULT)
+        return bytes(ffi.buffer(ffi.cast("uint8_t *", pointer), length))
+
+    def write_at(self, pointer_offset: int, data: bytes) -> None:
+        pointer = self._pointer(pointer_offset)
+        if not pointer:
+            raise _Errno(errno.EFAULT)
+        ffi.memmove(ffi.cast("uint8_t *", pointer), data, len(data))
+
+
+class _Errno(Exception):
+    def __init__(self, value: int):
+        self.value = value
+
+
+# Simulated CPU defaults (CPUID 0x8000001F): ASIDs 1..4 for SEV-ES, 5..max for SEV.
+DEFAULT_MAX_ASID = 64
+DEFAULT_MIN_SEV_ASID = 5
+DEFAULT_BUILD = 7
+
+
+def psp_dir(host: Path) -> Path:
+    return Path(host) / "psp"
+
+
+def create_psp(
+    host: Path,
+    *,
+    max_asid: int = DEFAULT_MAX_ASID,
+    min_sev_asid: int = DEFAULT_MIN_SEV_ASID,
+    build: int = DEFAULT_BUILD,
+    memory: Path | None = None,
+) -> None:
+    """A new simulated chip in `host`/psp; the kernel INITs it at probe time, as Linux does."""
+    directory = psp_dir(host)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "digests").mkdir(exist_ok=True)
+    Identity(directory / "identity").create()
+    write_json(directory / "config.json", {"memory": str(memory or Path(host) / "memory.img")})
+    write_json(directory / "state.json", new_state(build, max_asid, min_sev_asid, os.urandom(64)))
+    psp = SimulatedPsp(host)
+    with psp.firmware() as fw:
+        psp._kernel_init(fw)
+
+
+class SimulatedPsp:
+    """An open simulated /dev/sev.  `writable` is the fd's mode, as the driver checks it."""
+
+    def __init__(self, host: Path | str, *, writable: bool = True, encrypt: bool = True):
+        self.host = Path(host)
+        self.dir = psp_dir(self.host)
+        if not (self.dir / "state.json").exists():
+            raise FileNotFoundError(f"{self.dir}: no simulated PSP here (create the simulated host first)")
+        self.writable = writable
+        self.encrypt = encrypt
+        config = read_json(self.dir / "config.json")
+        self.memory = PhysicalMemory(Path(config["memory"]))
+
+    def close(self) -> None:
+        self.memory.close()
+
+    # -- the mailbox -------------------------------------------------------------------------------------------
+
+    class _Session:
+        def __init__(self, psp: SimulatedPsp):
+            self.psp = psp
+
+        def __enter__(self) -> Firmware:
+            self.lock = exclusive(self.psp.dir / "lock")
+            self.lock.__enter__()
+            self.before = (self.psp.dir / "state.json").read_bytes()
+            state = json.loads(self.before)
+            self.fw = Firmware(
+                state,
+                Identity(self.psp.dir / "identity"),
+                self.psp.memory,
+                self.psp.dir / "digests",
+                encrypt=self.psp.encrypt,
+            )
+            return self.fw
+
+        def __exit__(self, *exc: object) -> None:
+            try:
+                after = json.dumps(self.fw.state, indent=1, sort_keys=True).encode()
+                if after != self.before:
+                    write_json(self.psp.dir / "state.json", self.fw.state)
+            finally:
+                self.lock.__exit__(None, None, None)
+
+    def firmware(self) -> SimulatedPsp._Session:
+        """Hold the mailbox and get the firmware model; its state is saved on exit (also after a failure)."""
+        return SimulatedPsp._Session(self)
+
+    def wbinvd_all_cpus(self) -> None:
+        """The hypervisor's signal that WBINVD ran on every CPU (Xen does it when an SEV domain dies)."""
+        with self.firmware() as fw:
+            fw.wbinvd_all_cpus()
+
+    # -- IoctlTarget -------------------------------------------------------------------------------------------
+
+    def ioctl(self, request: int, arg: Any) -> int:
+        rc, error = self.dispatch(request, int(arg.cmd), InProcessCaller(int(arg.data)))
+        arg.error = error
+        return rc
+
+    def dispatch(self, request: int, cmd: int, caller: CallerMemory) -> tuple[int, int]:
+        """(return code, firmware status) for one ioctl: 0 or -errno, and the `error` field."""
+        try:
+            if request == SEV_ISSUE_CMD:
+                if cmd not in UserCommand._value2member_map_:
+                    return -errno.EINVAL, 0
+                user = UserCommand(cmd)
+                if user in WRITE_COMMANDS and not self.writable:
+                    return -errno.EPERM, 0
+                with self.firmware() as fw:
+                    self._user_command(fw, user, caller)
+            elif request == SEV_ISSUE_GUEST_CMD:
+                if cmd not in GUEST_COMMANDS:
+                    return -errno.EINVAL, 0
+                if not self.writable:
+                    return -errno.EPERM, 0
+                with self.firmware() as fw:
+                    self._guest_command(fw, FirmwareCommand(cmd), caller)
+            else:
+                return -errno.ENOTTY, 0
+        except status.FirmwareError as err:
+            return -errno.EIO, err.code
+        except _Errno as err:
+            return -err.value, 0
+        return 0, 0
+
+    # -- the driver's platform commands (SEV_ISSUE_CMD) -----------------------------------------------------
+
+    def _kernel_init(self, fw: Firmware) -> None:
+        """__sev_platform_init_locked: INIT, then WBINVD on all CPUs and DF_FLUSH."""
+        fw.init()
+        fw.wbinvd_all_cpus()
+        fw.df_flush()
+
+    def _lazy_init(self, fw: Firmware) -> None:
+        if fw.platform == P.UNINIT:
+            self._kernel_init(fw)
+
+    def _user_command(self, fw: Firmware, cmd: UserCommand, caller: CallerMemory) -> None:
+        U = UserCommand
+        if cmd == U.PLATFORM_STATUS:
+            out = ffi.new("struct sev_user_data_status *")
+            st = fw.platform_status()
+            out.api_major, out.api_minor, out.state, out.build = (
+                st["api_major"],
+                st["api_minor"],
+                st["state"],
+                st["build"],
+            )
+            out.flags = st["owner"] | (0x100 if st["es"] else 0)
+            out.guest_count = st["guest_count"]
+            caller.write_buffer(bytes(ffi.buffer(out)))
+        elif cmd == U.FACTORY_RESET:
+            if fw.platform == P.WORKING:
+                raise _Errno(errno.EBUSY)
+            if fw.platform == P.INIT:
+                fw.shutdown()
+            fw.platform_reset()
+        elif cmd in (U.PEK_GEN, U.PDH_GEN):
+            self._lazy_init(fw)
+            fw.pek_gen() if cmd == U.PEK_GEN else fw.pdh_gen()
+        elif cmd == U.PEK_CSR:
+            self._probe_or_copy(fw, caller, "struct sev_user_data_pek_csr", "address", "length", fw.pek_csr)
+        elif cmd in (U.GET_ID2, U.GET_ID):
+            if cmd == U.GET_ID:  # deprecated form: two inline 64-byte fields
+                out = ffi.new("struct sev_user_data_get_id *")
+                ffi.memmove(out.socket1, fw.get_id(64), 64)
+                caller.write_buffer(bytes(ffi.buffer(out)))
+                return
+            self._probe_or_copy(fw, caller, "struct sev_user_data_get_id2", "address", "length", fw.get_id)
+        elif cmd == U.PEK_CERT_IMPORT:
+            req = self._read(caller, "struct sev_user_data_pek_cert_import")
+            if req.pek_cert_len > USER_BLOB_MAX or req.oca_cert_len > USER_BLOB_MAX:
+                raise _Errno(errno.EFAULT)
+            pek = caller.read_at(_off(req, "pek_cert_address"), req.pek_cert_len)
+            oca = caller.read_at(_off(req, "oca_cert_address"), req.oca_cert_len)
+            self._lazy_init(fw)
+            fw.pek_cert_import(pek, oca)
+        elif cmd == U.PDH_CERT_EXPORT:
+            self._pdh_cert_export(fw, caller)
+
+    def _read(self, caller: CallerMemory, ctype: str) -> Any:
+        req = ffi.new(ctype + " *")
+        size = ffi.sizeof(ctype)
+        ffi.memmove(req, caller.read_buffer(size), size)
+        return req
+
+    @staticmethod
+    def _write(caller: CallerMemory, req: Any) -> None:
+        caller.write_buffer(bytes(ffi.buffer(req)))
+
+    def _probe_or_copy(self, fw: Firmware, caller: CallerMemory, ctype: str, addr: str, length: str, command) -> None:
+        """A zero address or length asks the firmware for the size it needs (INVALID_LEN, length written back)."""
+        req = self._read(caller, ctype)
+        probe = not getattr(req, addr) or not getattr(req, length)
+        self._lazy_init(fw)
+        if not probe and getattr(req, length) > USER_BLOB_MAX:
+            raise _Errno(errno.EFAULT)
+        try:
+            data = command(0 if probe else getattr(req, length))
+        except status.InvalidLen:
+            setattr(req, length, _needed_length(command))
+            self._write(caller, req)
+            raise
+        setattr(req, length, len(data))
+        caller.write_at(_off(req, addr), data)
+        self._write(caller, req)
+
+    def _pdh_cert_export(self, fw: Firmware, caller: CallerMemory) -> None:
+        req = self._read(caller, "struct sev_user_data_pdh_cert_export")
+        if fw.platform == P.UNINIT:
+            if not self.writable:
+                raise _Errno(errno.EPERM)
+            self._kernel_init(fw)
+        probe = not req.pdh_cert_address or not req.pdh_cert_len or not req.cert_chain_address
+        if not probe and (req.pdh_cert_len > USER_BLOB_MAX or req.cert_chain_len > USER_BLOB_MAX):
+            raise _Errno(errno.EFAULT)
+        try:
+            pdh, chain = fw.pdh_cert_export(0 if probe else req.pdh_cert_len, 0 if probe else req.cert_chain_len)
+        except status.InvalidLen:
+            req.pdh_cert_len, req.cert_chain_len = 0x824, 0x186C
+            self._write(caller, req)
+            raise
+        caller.write_at(_off(req, "pdh_cert_address"), pdh)
+        caller.write_at(_off(req, "cert_chain_address"), chain)
+        req.pdh_cert_len, req.cert_chain_len = len(pdh), len(chain)
+        self._write(caller, req)
+
+    # -- guest commands (SEV_ISSUE_GUEST_CMD, the Dom0 kernel patch) ------------------------------------------
+
+    def _guest_command(self, fw: Firmware, cmd: FirmwareCommand, caller: CallerMemory) -> None:
+        if cmd == C.DF_FLUSH:
+            fw.df_flush()
+            return
+        if cmd in tables.UNSUPPORTED:
+            handle = int(ffi.cast("uint32_t *", ffi.from_buffer(caller.read_buffer(4)))[0])
+            fw.unsupported(cmd, handle)
+            return
+        handler = _GUEST_HANDLERS[cmd]
+        req = self._read(caller, handler[0])
+        handler[1](self, fw, req, caller)
+
+    def _launch_start(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        godh = session = None
+        if req.dh_cert_address:
+            if req.dh_cert_len > USER_BLOB_MAX or req.session_len > USER_BLOB_MAX:
+                raise _Errno(errno.EFAULT)
+            godh = caller.read_at(_off(req, "dh_cert_address"), req.dh_cert_len)
+            session = caller.read_at(_off(req, "session_address"), req.session_len) if req.session_address else b""
+        req.handle = fw.launch_start(req.handle, req.policy, godh, session)
+        self._write(caller, req)  # only on success: no handle comes back on failure
+
+    def _activate(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        fw.activate(req.handle, req.asid)
+
+    def _deactivate(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        fw.deactivate(req.handle)
+
+    def _decommission(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        fw.decommission(req.handle)
+
+    def _guest_status(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        req.policy, req.asid, req.state = fw.guest_status(req.handle)
+        self._write(caller, req)
+
+    def _update_data(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        fw.launch_update_data(req.handle, req.address, req.len)
+
+    def _update_vmsa(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        fw.launch_update_vmsa(req.handle, req.address, req.len)
+
+    def _measure(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        probe = not req.address or not req.len
+        try:
+            blob = fw.launch_measure(req.handle, 0 if probe else req.len)
+        except status.InvalidLen:
+            req.len = 0x30
+            self._write(caller, req)
+            raise
+        caller.write_at(_off(req, "address"), blob)
+        req.len = len(blob)
+        self._write(caller, req)
+
+    def _secret(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        if req.hdr_len > USER_BLOB_MAX or req.trans_len > _SECRET_TRANSPORT_MAX:
+            raise _Errno(errno.EFAULT)
+        header = caller.read_at(_off(req, "hdr_address"), req.hdr_len)
+        trans = caller.read_at(_off(req, "trans_address"), req.trans_len)
+        fw.launch_update_secret(req.handle, header, req.guest_address, req.guest_len, trans)
+
+    def _finish(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        fw.launch_finish(req.handle)
+
+    def _dbg_decrypt(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        # src is guest memory (an SPA); dst is the caller's buffer, copied out by the kernel.
+        if req.len > USER_BLOB_MAX:
+            raise _Errno(errno.EFAULT)
+        caller.write_at(_off(req, "dst_addr"), fw.dbg_decrypt(req.handle, req.src_addr, req.len))
+
+    def _dbg_encrypt(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        # src is the caller's buffer; dst is guest memory (an SPA).
+        if req.len > USER_BLOB_MAX:
+            raise _Errno(errno.EFAULT)
+        fw.dbg_encrypt(req.handle, req.dst_addr, caller.read_at(_off(req, "src_addr"), req.len))
+
+
+def _off(req: Any, field: str) -> int:
+    return ffi.offsetof(ffi.typeof(req).item, field)
+
+
+def _needed_length(command: Any) -> int:
+    return {"pek_csr": 0x824, "get_id": 64}[command.__name__]
+
+
+_GUEST_HANDLERS = {
+    C.LAUNCH_START: ("struct sev_data_launch_start", SimulatedPsp._launch_start),
+    C.ACTIVATE: ("struct sev_data_activate", SimulatedPsp._activate),
+    C.DEACTIVATE: ("struct sev_data_deactivate", SimulatedPsp._deactivate),
+    C.DECOMMISSION: ("struct sev_data_decommission", SimulatedPsp._decommission),
+    C.GUEST_STATUS: ("struct sev_data_guest_status", SimulatedPsp._guest_status),
+    C.LAUNCH_UPDATE_DATA: ("struct sev_data_launch_update_data", SimulatedPsp._update_data),
+    C.LAUNCH_UPDATE_VMSA: ("struct sev_data_launch_update_vmsa", SimulatedPsp._update_vmsa),
+    C.LAUNCH_MEASURE: ("struct sev_data_launch_measure", SimulatedPsp._measure),
+    C.LAUNCH_UPDATE_SECRET: ("struct sev_data_launch_secret", SimulatedPsp._secret),
+    C.LAUNCH_FINISH: ("struct sev_data_launch_finish", SimulatedPsp._finish),
+    C.DBG_DECRYPT: ("struct sev_data_dbg", SimulatedPsp._dbg_decrypt),
+    C.DBG_ENCRYPT: ("struct sev_data_dbg", SimulatedPsp._dbg_encrypt),
+}
