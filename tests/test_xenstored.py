@@ -687,3 +687,19 @@ def test_event_precedes_reply_of_the_request_causing_it(xs):
     s.sendall(wire.encode(XsType.WRITE, b"/order/x\0" + b"1", req_id=2))
     assert [(m.type, m.req_id) for m in frames(2)] == [(XsType.WATCH_EVENT, 0), (XsType.WRITE, 2)]
     s.close()
+
+
+def test_deep_tree_and_binary_token(dom0, xs):
+    deep = "/deep" + "/d" * 1400  # ~2800 bytes, deeper than Python's recursion limit
+    dom0.write(deep, b"1")
+    assert dom0.read(deep) == b"1"
+    s = _raw_sock(xs.socket_path)
+    s.sendall(wire.encode(XsType.WATCH, b"/deep\0tok\xff\x80\0", req_id=1))
+    dec = wire.FrameDecoder()
+    got: list[wire.Message] = []
+    while len(got) < 2:
+        got += dec.feed(s.recv(65536))
+    assert got[1].payload == b"/deep\0tok\xff\x80\0"  # tokens come back byte for byte
+    s.close()
+    dom0.ok(XsType.RM, b"/deep\0")
+    assert dom0.err(XsType.READ, b"/deep\0") == "ENOENT"

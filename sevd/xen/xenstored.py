@@ -542,7 +542,7 @@ class XenstoredStandIn:
                     self._send_event(conn, ev.path[w.prefix_len :], w.token)
 
     def _send_event(self, conn: Connection, path: str, token: str) -> None:
-        payload = f"{path}\0{token}\0".encode()
+        payload = f"{path}\0{token}\0".encode("latin-1")  # tokens are opaque bytes
         if len(payload) <= wire.XENSTORE_PAYLOAD_MAX:
             conn.send(wire.encode(XsType.WATCH_EVENT, payload))
 
@@ -579,19 +579,22 @@ class XenstoredStandIn:
         """Remove ``name`` and its subtree; watch events as rm_node: exact ones for each removed descendant
         (children first), then one for ``name`` that also matches watches on its ancestors."""
         store = ctx.store
+        parent_name = _parent(name)
+        parent = ctx.read(parent_name)
+        # Post-order walk without recursion (paths may be ~1500 levels deep).
         order: list[tuple[str, Node, Node | None]] = []
-
-        def walk(path: str, node: Node, parent: Node | None) -> None:
-            for c in node.children:
+        stack: list[tuple[str, Node, Node | None, bool]] = [(name, ctx.read(name), parent, False)]
+        while stack:
+            path, node, par, expanded = stack.pop()
+            if expanded:
+                order.append((path, node, par))
+                continue
+            stack.append((path, node, par, True))
+            for c in reversed(node.children):
                 cp = _child(path, c)
                 cn = store.get(cp)
                 if cn is not None:
-                    walk(cp, cn, node)
-            order.append((path, node, parent))
-
-        parent_name = _parent(name)
-        parent = ctx.read(parent_name)
-        walk(name, ctx.read(name), parent)
+                    stack.append((cp, cn, node, False))
         for path, node, par in order:
             ctx.delete(path)
             ctx.fire(path, exact=path != name, node=node, parent=par)
@@ -811,15 +814,18 @@ class XenstoredStandIn:
         ctx.events.append(self._special_event(wire.SPECIAL_RELEASE))
         return wire.OK
 
-    def _remove_owned(self, ctx: Ctx, path: str, domid: int) -> None:
-        node = self.store.get(path)
-        if node is None:
-            return
-        if path != "/" and node.owner == domid:
-            self._rm(ctx, path)
-            return
-        for c in node.children:
-            self._remove_owned(ctx, _child(path, c), domid)
+    def _remove_owned(self, ctx: Ctx, root: str, domid: int) -> None:
+        """Remove every subtree whose top node ``domid`` owns (pre-order, without recursion)."""
+        stack = [root]
+        while stack:
+            path = stack.pop()
+            node = self.store.get(path)
+            if node is None:
+                continue
+            if path != "/" and node.owner == domid:
+                self._rm(ctx, path)
+                continue
+            stack.extend(_child(path, c) for c in reversed(node.children))
 
     def op_resume(self, ctx: Ctx, payload: bytes) -> bytes:
         self._onearg_domain(payload)
