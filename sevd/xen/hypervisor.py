@@ -1,0 +1,220 @@
+"""The hypervisor seam: what sevd needs from Xen, and the simulated Xen that answers it in CI.
+
+On a real host these operations are the one domctl our Xen patches add (xen-patches/xen),
+reached through libxencall; here `SimulatedXen` owns the simulated physical memory, places
+domains in it and hands out ASIDs from the SEV ranges of the simulated CPU's CPUID 0x8000001F,
+the way the patched Xen does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Protocol
+
+from sevd.errors import SevdError
+from sevd.psp.simulated.memory import PAGE, PhysicalMemory
+from sevd.psp.simulated.store import exclusive, read_json, write_json
+
+
+class HypervisorError(SevdError):
+    """Xen refused an SEV operation; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SevDomain:
+    domid: int
+    asid: int
+    cbit: int
+
+
+class Hypervisor(Protocol):
+    def make_sev_domain(self, domid: int, es: bool) -> SevDomain: ...
+
+    def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
+        """System-physical (start, length) ranges of the boot image, in guest-frame order, coalesced."""
+        ...
+
+    def enable_sev(self, domid: int) -> None: ...
+
+    def asids_flushed(self, asids: list[int]) -> None:
+        """The daemon's DF_FLUSH made these ASIDs clean: Xen may hand them out again."""
+        ...
+
+
+def coalesce(frames: list[int]) -> list[tuple[int, int]]:
+    """Machine frames (in guest order) → (spa, length) runs of physically contiguous frames."""
+    runs: list[tuple[int, int]] = []
+    for mfn in frames:
+        spa = mfn * PAGE
+        if runs and runs[-1][0] + runs[-1][1] == spa:
+            runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
+        else:
+            runs.append((spa, PAGE))
+    return runs
+
+
+class SimulatedXen:
+    """Domains in a simulated host: their frames, pause state and SEV ASID, kept in xen/domains.json."""
+
+    # CPUID 0x8000001F EBX[5:0]: the C-bit position EPYC reports.
+    CBIT = 47
+    # Frames are handed out in chunks of this many pages, interleaved between domains and
+    # skipping a frame now and then, so a boot image is never one contiguous range.
+    CHUNK_PAGES = 64
+
+    def __init__(self, host: Path | str, psp_wbinvd: Any = None):
+        self.host = Path(host)
+        self.dir = self.host / "xen"
+        self.psp_wbinvd = psp_wbinvd  # callable: the WBINVD-on-all-CPUs signal to the PSP
+
+    @classmethod
+    def create(cls, host: Path, memory_pages: int, max_asid: int, min_sev_asid: int) -> SimulatedXen:
+        xen = cls(host)
+        xen.dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            xen.dir / "domains.json",
+            {
+                "next_domid": 1,
+                "next_free_page": 256,  # the first 1 MiB stays Xen's own
+                "memory_pages": memory_pages,
+                "max_asid": max_asid,
+                "min_sev_asid": min_sev_asid,
+                "dirty_asids": [],
+                "domains": {},
+            },
+        )
+        return xen
+
+    def _locked(self):
+        return exclusive(self.dir / "lock")
+
+    def _load(self) -> dict[str, Any]:
+        return read_json(self.dir / "domains.json")
+
+    def _save(self, state: dict[str, Any]) -> None:
+        write_json(self.dir / "domains.json", state)
+
+    def _domain(self, state: dict[str, Any], domid: int) -> dict[str, Any]:
+        dom = state["domains"].get(str(domid))
+        if dom is None:
+            raise HypervisorError(f"domain {domid} does not exist")
+        return dom
+
+    # -- toolstack side (xl create -p / unpause / destroy) ------------------------------------------------
+
+    def create_domain(self, name: str, memory_mb: int, image: bytes) -> int:
+        """`xl create -p`: a paused domain with `image` loaded at the top of its first 4 GiB, like OVMF."""
+        pages = memory_mb * 1024 * 1024 // PAGE
+        with self._locked():
+            state = self._load()
+            if any(d["name"] == name for d in state["domains"].values()):
+                raise HypervisorError(f"a domain named {name!r} already exists")
+            frames: list[int] = []
+            cursor = state["next_free_page"]
+            while len(frames) < pages:
+                take = min(self.CHUNK_PAGES, pages - len(frames))
+                frames.extend(range(cursor, cursor + take))
+                cursor += take + 1  # leave a hole: physically discontiguous on purpose
+            if cursor > state["memory_pages"]:
+                raise HypervisorError(f"out of simulated memory for {memory_mb} MiB (raise the host's memory size)")
+            state["next_free_page"] = cursor
+            domid = state["next_domid"]
+            state["next_domid"] += 1
+            image_pages = -(-len(image) // PAGE)
+            state["domains"][str(domid)] = {
+                "name": name,
+                "memory_mb": memory_mb,
+                "frames": frames,
+                "image_frames": frames[-image_pages:] if image_pages else [],
+                "paused": True,
+                "sev": False,
+                "asid": 0,
+                "sev_enabled": False,
+                "has_run": False,
+            }
+            self._save(state)
+        memory = PhysicalMemory(self.host / "memory.img")
+        try:
+            padded = image + bytes(image_pages * PAGE - len(image))
+            for (spa, length), offset in _runs_with_offsets(coalesce(frames[-image_pages:])):
+                memory.write(spa, padded[offset : offset + length])
+        finally:
+            memory.close()
+        return domid
+
+    def unpause(self, domid: int) -> None:
+        with self._locked():
+            state = self._load()
+            dom = self._domain(state, domid)
+            if dom["sev"] and not dom["sev_enabled"]:
+                raise HypervisorError(f"domain {domid} is SEV but its VMCBs have no SEV yet; launch it first")
+            dom.update(paused=False, has_run=True)
+            self._save(state)
+
+    def destroy(self, domid: int) -> None:
+        """`xl destroy`: the domain's frames are scrubbed and its ASID is dirty until WBINVD + DF_FLUSH."""
+        with self._locked():
+            state = self._load()
+            dom = self._domain(state, domid)
+            del state["domains"][str(domid)]
+            if dom["asid"]:
+                state["dirty_asids"].append(dom["asid"])
+            self._save(state)
+        if dom["sev"] and self.psp_wbinvd is not None:
+            self.psp_wbinvd()  # Xen runs WBINVD on every CPU when an SEV domain dies
+
+    def domains(self) -> dict[int, dict[str, Any]]:
+        return {int(k): v for k, v in self._load()["domains"].items()}
+
+    def domid_by_name(self, name: str) -> int | None:
+        return next((d for d, v in self.domains().items() if v["name"] == name), None)
+
+    # -- the SEV domctl ------------------------------------------------------------------------------------
+
+    def make_sev_domain(self, domid: int, es: bool) -> SevDomain:
+        with self._locked():
+            state = self._load()
+            dom = self._domain(state, domid)
+            if dom["has_run"]:
+                raise HypervisorError(f"domain {domid} has already run; SEV must be set before its first VMRUN")
+            if dom["sev"]:
+                return SevDomain(domid, dom["asid"], self.CBIT)
+            lo, hi = (1, state["min_sev_asid"] - 1) if es else (state["min_sev_asid"], state["max_asid"])
+            taken = {d["asid"] for d in state["domains"].values()} | set(state["dirty_asids"])
+            asid = next((a for a in range(lo, hi + 1) if a not in taken), None)
+            if asid is None:
+                dirty = sorted(a for a in state["dirty_asids"] if lo <= a <= hi)
+                hint = f"; ASIDs {dirty} await DF_FLUSH" if dirty else ""
+                raise HypervisorError(f"no free {'SEV-ES' if es else 'SEV'} ASID in {lo}..{hi}{hint}")
+            dom.update(sev=True, es=es, asid=asid)
+            self._save(state)
+            return SevDomain(domid, asid, self.CBIT)
+
+    def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
+        return coalesce(self._domain(self._load(), domid)["image_frames"])
+
+    def enable_sev(self, domid: int) -> None:
+        with self._locked():
+            state = self._load()
+            dom = self._domain(state, domid)
+            if not dom["sev"]:
+                raise HypervisorError(f"domain {domid} is not an SEV domain")
+            dom["sev_enabled"] = True
+            self._save(state)
+
+    def dirty_asids(self) -> list[int]:
+        return list(self._load()["dirty_asids"])
+
+    def asids_flushed(self, asids: list[int]) -> None:
+        with self._locked():
+            state = self._load()
+            state["dirty_asids"] = [a for a in state["dirty_asids"] if a not in set(asids)]
+            self._save(state)
+
+
+def _runs_with_offsets(runs: list[tuple[int, int]]):
+    offset = 0
+    for spa, length in runs:
+        yield (spa, length), offset
+        offset += length

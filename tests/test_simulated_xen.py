@@ -1,0 +1,77 @@
+"""The simulated Xen: domain placement, SEV ASID ranges, boot-image ranges, the flush handshake."""
+
+import pytest
+
+from sevd.psp.simulated.memory import PAGE, PhysicalMemory
+from sevd.xen.hypervisor import HypervisorError, SimulatedXen, coalesce
+
+
+@pytest.fixture
+def xen(tmp_path):
+    PhysicalMemory.create(tmp_path / "memory.img", 64 << 20).close()
+    signals = []
+    x = SimulatedXen.create(tmp_path, (64 << 20) // PAGE, max_asid=8, min_sev_asid=5)
+    x.psp_wbinvd = lambda: signals.append("wbinvd")
+    x.signals = signals
+    return x
+
+
+def test_coalesce_joins_only_contiguous_frames():
+    assert coalesce([10, 11, 12, 20, 21, 5]) == [(10 * PAGE, 3 * PAGE), (20 * PAGE, 2 * PAGE), (5 * PAGE, PAGE)]
+
+
+def test_image_lands_in_discontiguous_frames_in_guest_order(xen, tmp_path):
+    image = bytes(range(256)) * (300 * PAGE // 256)  # 300 pages: more than one chunk
+    domid = xen.create_domain("g", 4, image)
+    ranges = xen.boot_image_ranges(domid)
+    assert len(ranges) > 1, "frames must not be one contiguous run"
+    assert sum(n for _, n in ranges) == len(image)
+    memory = PhysicalMemory(tmp_path / "memory.img")
+    assert b"".join(memory.read(spa, n) for spa, n in ranges) == image
+
+
+def test_sev_and_es_asids_come_from_their_ranges(xen):
+    sev = xen.make_sev_domain(xen.create_domain("a", 1, b""), es=False)
+    es = xen.make_sev_domain(xen.create_domain("b", 1, b""), es=True)
+    assert 5 <= sev.asid <= 8
+    assert 1 <= es.asid <= 4
+    assert sev.cbit == SimulatedXen.CBIT
+
+
+def test_asid_is_reused_only_after_flush(xen):
+    domids = [xen.create_domain(f"g{i}", 1, b"") for i in range(4)]
+    asids = [xen.make_sev_domain(d, es=False).asid for d in domids]
+    assert sorted(asids) == [5, 6, 7, 8]
+    xen.destroy(domids[0])
+    assert xen.signals == ["wbinvd"]
+    assert xen.dirty_asids() == [asids[0]]
+    spare = xen.create_domain("spare", 1, b"")
+    with pytest.raises(HypervisorError, match="await DF_FLUSH"):
+        xen.make_sev_domain(spare, es=False)
+    xen.asids_flushed([asids[0]])
+    assert xen.make_sev_domain(spare, es=False).asid == asids[0]
+
+
+def test_sev_refused_after_first_run(xen):
+    domid = xen.create_domain("ran", 1, b"")
+    xen.unpause(domid)
+    with pytest.raises(HypervisorError, match="already run"):
+        xen.make_sev_domain(domid, es=False)
+
+
+def test_sev_domain_cannot_run_before_vmcb_enable(xen):
+    domid = xen.create_domain("early", 1, b"")
+    xen.make_sev_domain(domid, es=False)
+    with pytest.raises(HypervisorError, match="launch it first"):
+        xen.unpause(domid)
+    xen.enable_sev(domid)
+    xen.unpause(domid)
+    assert xen.domains()[domid]["paused"] is False
+
+
+def test_duplicate_name_and_unknown_domain_refused(xen):
+    xen.create_domain("same", 1, b"")
+    with pytest.raises(HypervisorError, match="already exists"):
+        xen.create_domain("same", 1, b"")
+    with pytest.raises(HypervisorError, match="does not exist"):
+        xen.enable_sev(99)
