@@ -22,6 +22,26 @@ def demo(host_dir: str | None) -> None:
     raise SystemExit(run_demo(host_dir))
 
 
+@cli.command("sim-host")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--max-asid", default=64, show_default=True, help="Simulated CPUID 0x8000001F: number of ASIDs.")
+@click.option("--min-sev-asid", default=5, show_default=True, help="First plain-SEV ASID (below: SEV-ES).")
+@click.option("--create-only", is_flag=True, help="Create the host and exit; do not run the xenstored stand-in.")
+def sim_host(directory: str, max_asid: int, min_sev_asid: int, create_only: bool) -> None:
+    """Create a simulated host in DIRECTORY if missing, then run its xenstored stand-in in the foreground."""
+    from pathlib import Path
+
+    from sevd.simhost import SimulatedHost
+    from sevd.xen import xenstored
+
+    host = SimulatedHost.create(Path(directory), max_asid=max_asid, min_sev_asid=min_sev_asid)
+    click.echo(f"simulated host ready: {host.root} (config {host.root / 'sevd.toml'})")
+    if create_only:
+        return
+    sock, store = host.root / "xenstored.sock", host.root / "xenstored.json"
+    raise SystemExit(xenstored.main(["--socket", str(sock), "--store", str(store), "--init-dom0"]))
+
+
 def main() -> None:
     cli()
 
