@@ -24,7 +24,7 @@ from sevd.abi.commands import GUEST_COMMANDS, USER_BLOB_MAX, WRITE_COMMANDS, Fir
 from sevd.abi.commands import PlatformState as P
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
 from sevd.psp.simulated import tables
-from sevd.psp.simulated.firmware import Firmware, new_state
+from sevd.psp.simulated.firmware import MAX_HANDLES, Firmware, new_state
 from sevd.psp.simulated.identity import Identity
 from sevd.psp.simulated.memory import PhysicalMemory
 from sevd.psp.simulated.store import exclusive, read_json, write_json
@@ -97,14 +97,21 @@ def create_psp(
     min_sev_asid: int = DEFAULT_MIN_SEV_ASID,
     build: int = DEFAULT_BUILD,
     memory: Path | None = None,
+    es: bool = False,
+    max_guests: int = MAX_HANDLES,
 ) -> None:
-    """A new simulated chip in `host`/psp; the kernel INITs it at probe time, as Linux does."""
+    """A new simulated chip in `host`/psp; the kernel INITs it at probe time, as Linux does.
+
+    `es`: the CPU supports SEV-ES, so the kernel INITs the firmware with the ES flag (Linux does
+    when it could allocate the TMR).  `max_guests`: the firmware's guest-handle limit (1024).
+    """
     directory = psp_dir(host)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "digests").mkdir(exist_ok=True)
     Identity(directory / "identity").create()
-    write_json(directory / "config.json", {"memory": str(memory or Path(host) / "memory.img")})
-    write_json(directory / "state.json", new_state(build, max_asid, min_sev_asid, os.urandom(64)))
+    write_json(directory / "config.json", {"memory": str(memory or Path(host) / "memory.img"), "es": es})
+    state = new_state(build, max_asid, min_sev_asid, os.urandom(64), max_guests=max_guests)
+    write_json(directory / "state.json", state)
     psp = SimulatedPsp(host)
     with psp.firmware() as fw:
         psp._kernel_init(fw)
@@ -122,6 +129,7 @@ class SimulatedPsp:
         self.encrypt = encrypt
         config = read_json(self.dir / "config.json")
         self.memory = PhysicalMemory(Path(config["memory"]))
+        self.es = bool(config.get("es", False))
 
     def close(self) -> None:
         self.memory.close()
@@ -199,8 +207,8 @@ class SimulatedPsp:
     # -- the driver's platform commands (SEV_ISSUE_CMD) -----------------------------------------------------
 
     def _kernel_init(self, fw: Firmware) -> None:
-        """__sev_platform_init_locked: INIT, then WBINVD on all CPUs and DF_FLUSH."""
-        fw.init()
+        """__sev_platform_init_locked: INIT (with ES if the CPU has it), then WBINVD on all CPUs and DF_FLUSH."""
+        fw.init(es=self.es)
         fw.wbinvd_all_cpus()
         fw.df_flush()
 
@@ -232,14 +240,16 @@ class SimulatedPsp:
             self._lazy_init(fw)
             fw.pek_gen() if cmd == U.PEK_GEN else fw.pdh_gen()
         elif cmd == U.PEK_CSR:
-            self._probe_or_copy(fw, caller, "struct sev_user_data_pek_csr", "address", "length", fw.pek_csr)
+            self._lazy_init(fw)
+            self._probe_or_copy(caller, "struct sev_user_data_pek_csr", "address", "length", fw.pek_csr)
         elif cmd in (U.GET_ID2, U.GET_ID):
             if cmd == U.GET_ID:  # deprecated form: two inline 64-byte fields
                 out = ffi.new("struct sev_user_data_get_id *")
                 ffi.memmove(out.socket1, fw.get_id(64), 64)
                 caller.write_buffer(bytes(ffi.buffer(out)))
                 return
-            self._probe_or_copy(fw, caller, "struct sev_user_data_get_id2", "address", "length", fw.get_id)
+            # GET_ID works in every state: the driver does not INIT for it.
+            self._probe_or_copy(caller, "struct sev_user_data_get_id2", "address", "length", fw.get_id)
         elif cmd == U.PEK_CERT_IMPORT:
             req = self._read(caller, "struct sev_user_data_pek_cert_import")
             if req.pek_cert_len > USER_BLOB_MAX or req.oca_cert_len > USER_BLOB_MAX:
@@ -261,11 +271,10 @@ class SimulatedPsp:
     def _write(caller: CallerMemory, req: Any) -> None:
         caller.write_buffer(bytes(ffi.buffer(req)))
 
-    def _probe_or_copy(self, fw: Firmware, caller: CallerMemory, ctype: str, addr: str, length: str, command) -> None:
+    def _probe_or_copy(self, caller: CallerMemory, ctype: str, addr: str, length: str, command) -> None:
         """A zero address or length asks the firmware for the size it needs (INVALID_LEN, length written back)."""
         req = self._read(caller, ctype)
         probe = not getattr(req, addr) or not getattr(req, length)
-        self._lazy_init(fw)
         if not probe and getattr(req, length) > USER_BLOB_MAX:
             raise _Errno(errno.EFAULT)
         try:

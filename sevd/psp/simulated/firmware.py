@@ -49,8 +49,11 @@ SECRET_FLAG_COMPRESSED = 0x1
 CLEAN, ALLOCATED, IN_USE, DIRTY = "clean", "allocated", "in_use", "dirty"
 
 
-def new_state(build: int, max_asid: int, min_sev_asid: int, chip_id: bytes) -> dict[str, Any]:
+def new_state(
+    build: int, max_asid: int, min_sev_asid: int, chip_id: bytes, *, max_guests: int = MAX_HANDLES
+) -> dict[str, Any]:
     return {
+        "max_guests": max_guests,
         "platform": int(P.UNINIT),
         "owner": False,
         "es": False,
@@ -248,7 +251,8 @@ class Firmware:
         else:
             vek = os.urandom(16).hex()
         used = {int(h) for h in self.state["guests"]}
-        free = next((h for h in range(1, MAX_HANDLES + 1) if h not in used), None)
+        limit = self.state.get("max_guests", MAX_HANDLES)
+        free = next((h for h in range(1, limit + 1) if h not in used), None)
         if free is None:
             raise status.ResourceLimit(cmd.name, detail="no free guest handle")
         if policy & PolicyFlag.ES and not self.state["es"]:
