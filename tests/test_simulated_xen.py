@@ -75,3 +75,19 @@ def test_duplicate_name_and_unknown_domain_refused(xen):
         xen.create_domain("same", 1, b"")
     with pytest.raises(HypervisorError, match="does not exist"):
         xen.enable_sev(99)
+
+
+def test_guest_ranges_trim_to_the_bytes_asked(xen, tmp_path):
+    domid = xen.create_domain("r", 1, b"")
+    dom = xen.domains()[domid]
+    ranges = xen.guest_ranges(domid, 70 * PAGE - 32, PAGE)  # crosses the chunk hole at page 64
+    assert sum(n for _, n in ranges) == PAGE
+    assert ranges[0][0] == dom["frames"][69] * PAGE + PAGE - 32
+    with pytest.raises(HypervisorError, match="outside its memory"):
+        xen.guest_ranges(domid, 256 * PAGE - 16, 32)
+
+
+def test_boot_image_ranges_equal_guest_ranges_of_the_image(xen):
+    domid = xen.create_domain("img", 2, b"\x01" * (3 * PAGE + 100))
+    dom = xen.domains()[domid]
+    assert xen.guest_ranges(domid, dom["image_gpa"], dom["image_size"])[0][0] == xen.boot_image_ranges(domid)[0][0]

@@ -12,9 +12,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Protocol
 
+from sevd.durable import exclusive, read_json, write_json
 from sevd.errors import SevdError
 from sevd.psp.simulated.memory import PAGE, PhysicalMemory
-from sevd.psp.simulated.store import exclusive, read_json, write_json
 
 
 class HypervisorError(SevdError):
@@ -33,6 +33,10 @@ class Hypervisor(Protocol):
 
     def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
         """System-physical (start, length) ranges of the boot image, in guest-frame order, coalesced."""
+        ...
+
+    def guest_ranges(self, domid: int, gpa: int, length: int) -> list[tuple[int, int]]:
+        """System-physical (start, length) ranges backing [gpa, gpa+length) of the domain, coalesced."""
         ...
 
     def enable_sev(self, domid: int) -> None: ...
@@ -127,6 +131,8 @@ class SimulatedXen:
                 "memory_mb": memory_mb,
                 "frames": frames,
                 "image_frames": frames[-image_pages:] if image_pages else [],
+                "image_gpa": (pages - image_pages) * PAGE,
+                "image_size": len(image),
                 "paused": True,
                 "sev": False,
                 "asid": 0,
@@ -193,6 +199,19 @@ class SimulatedXen:
 
     def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
         return coalesce(self._domain(self._load(), domid)["image_frames"])
+
+    def guest_ranges(self, domid: int, gpa: int, length: int) -> list[tuple[int, int]]:
+        frames = self._domain(self._load(), domid)["frames"]
+        if gpa < 0 or length <= 0 or gpa + length > len(frames) * PAGE:
+            raise HypervisorError(f"domain {domid}: [{gpa:#x}, +{length:#x}) is outside its memory")
+        first, last = gpa // PAGE, (gpa + length - 1) // PAGE
+        runs = coalesce(frames[first : last + 1])
+        # Trim the first and last page to the bytes asked for.
+        head = gpa % PAGE
+        runs[0] = (runs[0][0] + head, runs[0][1] - head)
+        tail = (last + 1) * PAGE - (gpa + length)
+        runs[-1] = (runs[-1][0], runs[-1][1] - tail)
+        return runs
 
     def enable_sev(self, domid: int) -> None:
         with self._locked():

@@ -22,12 +22,12 @@ from sevd._psp import ffi
 from sevd.abi import status
 from sevd.abi.commands import GUEST_COMMANDS, USER_BLOB_MAX, WRITE_COMMANDS, FirmwareCommand, UserCommand
 from sevd.abi.commands import PlatformState as P
+from sevd.durable import exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
 from sevd.psp.simulated import tables
 from sevd.psp.simulated.firmware import MAX_HANDLES, Firmware, new_state
 from sevd.psp.simulated.identity import Identity
 from sevd.psp.simulated.memory import PhysicalMemory
-from sevd.psp.simulated.store import exclusive, read_json, write_json
 
 C = FirmwareCommand
 _SECRET_TRANSPORT_MAX = 0x5000  # the guest patch lets LAUNCH_SECRET's transport buffer reach the firmware's limit

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from sevd.abi.certs import Algo, AmdCert, SevCert, SevSignature, Usage
-from sevd.psp.simulated.store import atomic_write
+from sevd.durable import atomic_write
 
 # Simulated firmware version: API 0.24 as the spec this project follows.
 API_MAJOR, API_MINOR = 0, 24

@@ -1,4 +1,6 @@
-"""Durable files of a simulated host: crash-safe writes and the PSP mailbox lock."""
+"""Durable files: crash-safe writes (write, fsync, rename) and an inter-process lock.
+
+Used by the daemon for its state and by the simulated host for its PSP and Xen."""
 
 from __future__ import annotations
 
