@@ -11,7 +11,7 @@ HERE = Path(__file__).parent
 
 
 @pytest.mark.umockdev
-def test_cffi_ioctl_reaches_a_umockdev_handler():
+def test_cffi_ioctl_reaches_the_simulated_psp_through_umockdev():
     assert shutil.which("umockdev-wrapper"), "umockdev is a test dependency (make test installs it)"
     proc = subprocess.run(
         ["umockdev-wrapper", sys.executable, str(HERE / "umockdev_sev.py")],
@@ -20,5 +20,7 @@ def test_cffi_ioctl_reaches_a_umockdev_handler():
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "status ok" in proc.stdout
-    assert "firmware error ok" in proc.stdout and "INVALID_PLATFORM_STATE" in proc.stdout
+    for line in ("status ok", "pdh export ok", "guest commands ok", "ioctl path ok"):
+        assert line in proc.stdout, proc.stdout
+    for name in ("INVALID_PLATFORM_STATE", "INVALID_GUEST (0x10)"):
+        assert name in proc.stdout, proc.stdout
