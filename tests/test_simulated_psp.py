@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
+import os
+
+import pytest
 
 from sevd.abi import status
 from sevd.abi.commands import GuestState as G
 from sevd.abi.commands import PlatformState as P
+from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy
 from sevd.guest import GuestCommands
+from sevd.owner.measurement import verify_measurement
 from sevd.platform import Platform
 from sevd.psp.device import PspClient
+from sevd.psp.simulated import digest as digest_mod
 from sevd.psp.simulated.device import SimulatedPsp
+from sevd.psp.simulated.memory import OutOfRange, PhysicalMemory, crypt
 
 SPA = 0x40000
 PLAIN = bytes(range(256)) * 16  # one page
@@ -145,3 +153,47 @@ def test_concurrent_processes_serialise(sim_host):
         gs = g.guest_status(final)
         assert (gs.state, gs.asid) == (G.LUPDATE, asid)
     json.loads((sim_host / "psp" / "state.json").read_text())  # never torn
+
+
+@pytest.mark.parametrize("backend", ["midstate", "file"])
+def test_launch_digest_resumes_across_commands(tmp_path, monkeypatch, backend):
+    if backend == "file":
+        monkeypatch.setattr(digest_mod, "_LIB", None)
+    chunks = [os.urandom(n) for n in (16, 4096, 1, 100_000, 0, 63)]
+    state = digest_mod.LaunchDigest(None, tmp_path / "spill").state
+    for chunk in chunks:  # each command loads the saved state, adds its range and saves it again
+        d = digest_mod.LaunchDigest(json.loads(json.dumps(state)), tmp_path / "spill")
+        d.update(memoryview(bytearray(chunk)))
+        state = d.state
+    assert digest_mod.LaunchDigest(state, tmp_path / "spill").final() == hashlib.sha256(b"".join(chunks)).digest()
+
+
+def test_in_place_encryption_matches_the_engine(tmp_path):
+    mem = PhysicalMemory.create(tmp_path / "m.img", 1 << 20)
+    vek = os.urandom(16)
+    mem.write(0x2000, PLAIN)
+    seen = []
+    mem.in_place(0x2000, len(PLAIN), lambda v: seen.append(bytes(v)), vek)
+    assert seen == [PLAIN]
+    assert mem.read(0x2000, len(PLAIN)) == crypt(vek, 0x2000, PLAIN)
+    other = PhysicalMemory(tmp_path / "m.img")  # pread sees what the mapping wrote
+    assert crypt(vek, 0x2000, other.read(0x2000, len(PLAIN))) == PLAIN
+    with pytest.raises(OutOfRange):
+        mem.in_place((1 << 20) - 16, 32, lambda v: None, vek)
+    mem.close()
+    other.close()
+
+
+def test_measurement_spans_processes(sim_host):
+    """Half the image measured through one open, half through another: the digest midstate is persisted."""
+    image = os.urandom(8192)
+    psp1, _, g1 = open_psp(sim_host)
+    h = launched(g1, 5)
+    psp1.memory.write(SPA, image)
+    g1.launch_update_data(h, SPA, 4096)
+    psp1.close()
+    _, platform, g2 = open_psp(sim_host)
+    g2.launch_update_data(h, SPA + 4096, 4096)
+    m = LaunchMeasurement.parse(g2.launch_measure(h))
+    st = platform.status()
+    verify_measurement(m, image, 0, st.api_major, st.api_minor, st.build, bytes(16))  # no session: zero TIK

@@ -7,7 +7,6 @@ FirmwareError.  Legality comes from tables.py; check order follows docs/simulate
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from sevd.abi.launch import (
 from sevd.abi.policy import RESERVED_MASK, PolicyFlag
 from sevd.errors import InputError, VerificationError
 from sevd.psp.simulated import tables
+from sevd.psp.simulated.digest import LaunchDigest
 from sevd.psp.simulated.identity import API_MAJOR, API_MINOR, Identity
 from sevd.psp.simulated.memory import BLOCK, OutOfRange, PhysicalMemory, crypt
 
@@ -266,8 +266,8 @@ class Firmware:
             "tek": keys.tek.hex(),
             "tik": keys.tik.hex(),
             "measure": None,
+            "digest": LaunchDigest(None, self._digest_path(free)).state,
         }
-        self._digest_path(free).write_bytes(b"")
         self.state["platform"] = int(P.WORKING)
         return free
 
@@ -323,11 +323,11 @@ class Firmware:
         return guest["policy"], guest["asid"], guest["state"]
 
     def _measure_in_place(self, cmd: C, guest: dict[str, Any], handle: int, spa: int, length: int) -> None:
-        plaintext = self.memory.read(spa, length)
-        with open(self._digest_path(handle), "ab") as digest:
-            digest.write(plaintext)
-        if self.encrypt:
-            self.memory.write(spa, crypt(bytes.fromhex(guest["vek"]), spa, plaintext))
+        """Hash the plaintext into the launch digest, then encrypt it in place (one pass each, no copies)."""
+        digest = LaunchDigest(guest["digest"], self._digest_path(handle))
+        vek = bytes.fromhex(guest["vek"]) if self.encrypt else None
+        self.memory.in_place(spa, length, digest.update, vek)
+        guest["digest"] = digest.state
 
     def launch_update_data(self, handle: int, spa: int, length: int) -> None:
         cmd = C.LAUNCH_UPDATE_DATA
@@ -358,17 +358,13 @@ class Firmware:
         guest = self._enter(cmd, handle)
         if length < MEASUREMENT_SIZE:
             raise status.InvalidLen(cmd.name, detail=f"needs {MEASUREMENT_SIZE}")
-        digest = hashlib.sha256()
-        with open(self._digest_path(handle), "rb") as measured:
-            while chunk := measured.read(1 << 20):
-                digest.update(chunk)
+        digest = LaunchDigest(guest.pop("digest"), self._digest_path(handle))
         mnonce = os.urandom(16)
         policy = guest["policy"]
         mac = measurement(
-            bytes.fromhex(guest["tik"]), API_MAJOR, API_MINOR, self.state["build"], policy, digest.digest(), mnonce
+            bytes.fromhex(guest["tik"]), API_MAJOR, API_MINOR, self.state["build"], policy, digest.final(), mnonce
         )
         guest["measure"] = mac.hex()
-        self._digest_path(handle).unlink(missing_ok=True)
         self._transition(cmd, guest)
         return mac + mnonce
 

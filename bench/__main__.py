@@ -1,0 +1,16 @@
+"""`python -m bench`: run every benchmark; each prints `bench: NAME VALUE UNIT target ... PASS|MISS`."""
+
+from __future__ import annotations
+
+from bench import update_data
+
+BENCHES = [update_data.run]
+
+
+def main() -> None:
+    for bench in BENCHES:
+        bench()
+
+
+if __name__ == "__main__":
+    main()
