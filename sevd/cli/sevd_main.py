@@ -14,6 +14,26 @@ def cli() -> None:
 
 
 @cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="sevd.toml (default $SEVD_CONFIG, then /etc/sevd/sevd.toml).",
+)
+def run(config_path: str | None) -> None:
+    """Run the daemon in the foreground (systemd: Type=notify)."""
+    from sevd.daemon.service import run as run_daemon
+    from sevd.errors import InputError
+
+    try:
+        raise SystemExit(run_daemon(config_path))
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
+@cli.command()
 @click.option("--host", "host_dir", type=click.Path(file_okay=False), default=None, help="Simulated host directory.")
 def demo(host_dir: str | None) -> None:
     """Run the demo SEV launch on a simulated host (simulated PSP, simulated Xen)."""

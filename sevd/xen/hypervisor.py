@@ -41,9 +41,19 @@ class Hypervisor(Protocol):
 
     def enable_sev(self, domid: int) -> None: ...
 
+    def dirty_asids(self) -> list[int]:
+        """ASIDs of dead SEV domains that await WBINVD + DF_FLUSH before Xen may reuse them."""
+        ...
+
+    def wbinvd_all_cpus(self) -> None:
+        """WBINVD on every physical CPU; the firmware requires it between DEACTIVATE and DF_FLUSH."""
+        ...
+
     def asids_flushed(self, asids: list[int]) -> None:
         """The daemon's DF_FLUSH made these ASIDs clean: Xen may hand them out again."""
         ...
+
+    def domain_exists(self, domid: int) -> bool: ...
 
 
 def coalesce(frames: list[int]) -> list[tuple[int, int]]:
@@ -224,6 +234,13 @@ class SimulatedXen:
 
     def dirty_asids(self) -> list[int]:
         return list(self._load()["dirty_asids"])
+
+    def wbinvd_all_cpus(self) -> None:
+        if self.psp_wbinvd is not None:
+            self.psp_wbinvd()
+
+    def domain_exists(self, domid: int) -> bool:
+        return str(domid) in self._load()["domains"]
 
     def asids_flushed(self, asids: list[int]) -> None:
         with self._locked():

@@ -1,0 +1,44 @@
+"""systemd integration: sd_notify (READY, STATUS, WATCHDOG) and journal fields; silent without systemd."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+try:  # systemd-python; the daemon works without it (and without systemd)
+    from systemd import daemon as sd_daemon
+    from systemd import journal as sd_journal
+except ImportError:  # pragma: no cover - exercised where systemd-python is absent
+    sd_daemon = None
+    sd_journal = None
+
+
+def notify(**fields: str) -> bool:
+    """notify(READY="1", STATUS="...") → True if systemd (NOTIFY_SOCKET) got it."""
+    if sd_daemon is None or not os.environ.get("NOTIFY_SOCKET"):
+        return False
+    return bool(sd_daemon.notify("\n".join(f"{k}={v}" for k, v in fields.items())))
+
+
+def watchdog_interval() -> float | None:
+    """Half of WatchdogSec, when systemd asked this process for pings; None otherwise."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+def setup_logging(level: str) -> logging.Logger:
+    logger = logging.getLogger("sevd")
+    logger.setLevel(level.upper())
+    if logger.handlers:
+        return logger
+    if sd_journal is not None and os.environ.get("JOURNAL_STREAM"):
+        # Structured fields (SEV_DOMID, SEV_HANDLE, SEV_ASID, SEV_STATUS) ride on `extra`.
+        logger.addHandler(sd_journal.JournalHandler(SYSLOG_IDENTIFIER="sevd"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("sevd: %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    return logger

@@ -1,0 +1,565 @@
+"""sevd's service: xenstore requests in, PSP and Xen commands out, every step journaled.
+
+The main loop only waits for watch events and hands each affected domain to `reconcile`, which
+compares what the toolstack asked (xenstore), what sevd did (the journal in records.py) and what is
+true (GUEST_STATUS, Xen), and takes the next step.  Reconcile is idempotent, so duplicate events,
+restarts and reconnects all reduce to "reconcile every domain again".
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sevd.abi.commands import GuestState as FwGuestState
+from sevd.abi.policy import Policy
+from sevd.abi.status import FirmwareError
+from sevd.config import Config
+from sevd.daemon.notify import notify, setup_logging, watchdog_interval
+from sevd.daemon.pspqueue import PspQueue
+from sevd.daemon.records import GuestRecord, RecordStore
+from sevd.errors import InputError, SevdError
+from sevd.guest import GuestCommands
+from sevd.platform import Platform
+from sevd.psp.device import PspClient
+from sevd.xen import protocol as proto
+from sevd.xen.hypervisor import Hypervisor, HypervisorError
+from sevd.xen.xsclient import Xenstore, XenstoreError, XenstoreLost
+
+LAUNCH_STEPS = ("SEV_DOMAIN", "LAUNCH_START", "ACTIVATE", "SEV_ENABLED", "UPDATE_DATA", "MEASURE")
+# Nodes the daemon writes itself: their watch events need no reconcile.
+DAEMON_NODES = {"ack", "state", "step", "handle", "asid", "measurement", "api", "build", "policy", "error"}
+
+
+class LaunchFailed(SevdError):
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name}: {message}")
+        self.name, self.message = name, message
+
+
+def open_hypervisor(config: Config) -> Hypervisor:
+    if config.hypervisor_backend == "simulated":
+        from sevd.psp.simulated.device import SimulatedPsp
+        from sevd.xen.hypervisor import SimulatedXen
+
+        host = Path(config.hypervisor_path)
+        return SimulatedXen(host, psp_wbinvd=SimulatedPsp(host).wbinvd_all_cpus)
+    from sevd.xen import domctl  # the real backend: the patched Xen's SEV domctl through libxencall
+
+    return domctl.XenSev()
+
+
+class Daemon:
+    def __init__(self, config: Config, *, client: PspClient | None = None, hypervisor: Hypervisor | None = None):
+        self.config = config
+        self.log = setup_logging(config.log_level)
+        self.client = client or config.open_psp()
+        self.guest = GuestCommands(self.client)
+        self.platform = Platform(self.client)
+        self.hv = hypervisor or open_hypervisor(config)
+        self.records = RecordStore(Path(config.state_dir))
+        self.queue = PspQueue()
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="guest")
+        self.stopping = threading.Event()
+        self.xs: Xenstore | None = None
+        self._poke_lock = threading.Lock()
+        self._active: set[int] = set()
+        self._again: set[int] = set()
+        self._asid_lock = threading.Lock()
+        self.xenstore_round_trips = 0
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+
+    def psp(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.queue.call(fn, *args)
+
+    def _fields(self, rec: GuestRecord, status: str = "") -> dict[str, Any]:
+        fields = {"SEV_DOMID": rec.domid, "SEV_HANDLE": rec.handle, "SEV_ASID": rec.asid}
+        if status:
+            fields["SEV_STATUS"] = status
+        return fields
+
+    def _write(self, domid: int, values: dict[str, str]) -> None:
+        assert self.xs is not None
+        self.xenstore_round_trips += 1
+        self.xs.write_many(proto.guest_path(domid), values)
+
+    # -- the main loop -------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        backoff = 0.1
+        first = True
+        while not self.stopping.is_set():
+            try:
+                self._connect(recover=first)
+                first = False
+                backoff = 0.1
+                self._serve()
+            except (XenstoreLost, XenstoreError, OSError) as exc:
+                if self.stopping.is_set():
+                    break
+                self.log.warning("xenstore: %s; reconnecting in %.1f s", exc, backoff)
+                notify(STATUS=f"xenstore lost; reconnecting ({exc})")
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self._shutdown()
+        return 0
+
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        self.stopping.set()
+        if self.xs is not None:
+            self.xs.wake()
+
+    def _connect(self, recover: bool) -> None:
+        if self.xs is not None:
+            self.xs.close()
+        self.xs = Xenstore(self.config.xenstore_socket)
+        for path in (proto.ROOT, proto.GUESTS):
+            if self.xs.read(path) is None:
+                self.xs.write(path, "")
+        self.xs.set_perms(proto.ROOT, proto.PERMS)
+        if recover:
+            self.recover()
+        self.xs.watch([proto.GUESTS, proto.RELEASE_DOMAIN])
+        self.publish_platform()
+        for domid in self._known_domids():
+            self.poke(domid)
+        self.xs.write_many(f"{proto.ROOT}/daemon", {"ready": "1", "pid": str(os.getpid())})
+        notify(READY="1", STATUS=self._status_line())
+        self.log.info("ready: xenstore %s, PSP %s", self.config.xenstore_socket, self.config.psp_backend)
+
+    def _serve(self) -> None:
+        assert self.xs is not None
+        interval = watchdog_interval()
+        while not self.stopping.is_set():
+            path = self.xs.next_event(interval)  # blocks: idle means no wake-ups without a watchdog
+            if interval:
+                notify(WATCHDOG="1")
+            if path:
+                self._dispatch(path)
+
+    def _dispatch(self, path: str) -> None:
+        if path == proto.RELEASE_DOMAIN:
+            for domid in self._known_domids():
+                if not self.hv.domain_exists(domid):
+                    self.poke(domid)
+            return
+        parts = path[len(proto.GUESTS) + 1 :].split("/") if path.startswith(proto.GUESTS + "/") else []
+        if not parts or not parts[0].isdigit():
+            return
+        if len(parts) == 2 and parts[1] in DAEMON_NODES:
+            return
+        self.poke(int(parts[0]))
+
+    def _known_domids(self) -> set[int]:
+        assert self.xs is not None
+        listed = {int(d) for d in self.xs.list(proto.GUESTS) if d.isdigit()}
+        return listed | {r.domid for r in self.records.load_all()}
+
+    def _shutdown(self) -> None:
+        self.log.info("stopping")
+        notify(STOPPING="1")
+        self.pool.shutdown(wait=True)
+        self.queue.stop()
+        if self.xs is not None:
+            self.xs.close()
+
+    # -- per-guest work ------------------------------------------------------------------------------------
+
+    def poke(self, domid: int) -> None:
+        """Reconcile `domid` soon; pokes that arrive while it runs coalesce into one more pass."""
+        with self._poke_lock:
+            if domid in self._active:
+                self._again.add(domid)
+                return
+            self._active.add(domid)
+        self.pool.submit(self._reconcile_loop, domid)
+
+    def _reconcile_loop(self, domid: int) -> None:
+        while True:
+            try:
+                self.reconcile(domid)
+            except Exception:  # noqa: BLE001 - one guest's bug must not stop the others
+                self.log.exception("domain %d: reconcile failed", domid, extra={"SEV_DOMID": domid})
+            with self._poke_lock:
+                if domid in self._again:
+                    self._again.discard(domid)
+                    continue
+                self._active.discard(domid)
+                return
+
+    def reconcile(self, domid: int) -> None:
+        assert self.xs is not None
+        rec = self.records.load(domid)
+        base = proto.guest_path(domid)
+        if not self.hv.domain_exists(domid):
+            if rec is not None:
+                self.teardown(rec)
+                self.records.delete(domid)
+                self.log.info("domain %d gone: decommissioned", domid, extra=self._fields(rec))
+                self.publish_platform()
+            self.xs.rm(base)
+            return
+        command_text = self.xs.read(f"{base}/command")
+        command = None
+        if command_text is not None:
+            try:
+                command = proto.parse_command(command_text)
+            except InputError as exc:
+                self._write(domid, {"error": proto.error_text("INVALID_REQUEST", str(exc))})
+                self.xs.rm(f"{base}/command")
+                return
+        if command == proto.Command.DESTROY:
+            if rec is not None:
+                self.teardown(rec)
+                self.records.delete(domid)
+                self.publish_platform()
+            self._write(domid, {"state": proto.GuestState.DESTROYED.value})
+            self.xs.rm(f"{base}/command")
+            return
+        rec = self._take_request(domid, rec)
+        if rec is None:
+            return
+        if rec.state in ("queued", "launching"):
+            self.launch(rec)
+        if rec.state == "measured" and command == proto.Command.INJECT_SECRET:
+            self.inject_secret(rec)
+            self.xs.rm(f"{base}/command")
+        elif rec.state == "measured" and command == proto.Command.FINISH:
+            self.finish(rec)
+            self.xs.rm(f"{base}/command")
+        elif command in (proto.Command.INJECT_SECRET, proto.Command.FINISH):
+            msg = f"{command.value} needs state measured, the guest is {rec.state}"
+            self._write(domid, {"error": proto.error_text("INVALID_REQUEST", msg)})
+            self.xs.rm(f"{base}/command")
+
+    def _take_request(self, domid: int, rec: GuestRecord | None) -> GuestRecord | None:
+        """Accept a new request generation (validated) or return the current record."""
+        assert self.xs is not None
+        base = proto.guest_path(domid)
+        request = self.xs.read_dir(f"{base}/request")
+        ack = self.xs.read(f"{base}/ack")
+        generation = request.get("generation")
+        if generation is None or generation == ack:
+            return rec
+        if rec is not None:
+            msg = f"domain {domid} already has a launch (generation {rec.generation}); destroy it first"
+            self._write(domid, {"ack": generation, "error": proto.error_text("INVALID_REQUEST", msg)})
+            return rec
+        try:
+            req = proto.LaunchRequest.parse(domid, request)
+        except InputError as exc:
+            self.log.warning("domain %d: request refused: %s", domid, exc, extra={"SEV_DOMID": domid})
+            self._write(
+                domid, {"ack": generation, "state": "error", "error": proto.error_text("INVALID_REQUEST", str(exc))}
+            )
+            return None
+        rec = GuestRecord(
+            domid=domid,
+            generation=req.generation,
+            policy=int(req.policy),
+            es=req.es,
+            attest=req.attest,
+            image_gpa=req.image_gpa,
+            image_size=req.image_size,
+        )
+        self.records.save(rec)
+        self._write(domid, {"ack": generation, "state": "queued"})
+        return rec
+
+    # -- the launch ----------------------------------------------------------------------------------------
+
+    def _journal(
+        self, rec: GuestRecord, step: str, action: Callable[[], Any], apply: Callable[[Any], None] | None = None
+    ):
+        """Persist `pending` before the command and the result after it: a crash between is recoverable."""
+        rec.pending = step
+        self.records.save(rec)
+        result = action()
+        if apply is not None:
+            apply(result)
+        rec.pending = None
+        rec.step = step
+        self.records.save(rec)
+        return result
+
+    def _next_launch_step(self, rec: GuestRecord) -> str | None:
+        if rec.step == "NEW":
+            return LAUNCH_STEPS[0]
+        if rec.step not in LAUNCH_STEPS:
+            return None
+        index = LAUNCH_STEPS.index(rec.step)
+        if rec.step == "UPDATE_DATA" and rec.ranges_done < len(self._ranges(rec)):
+            return "UPDATE_DATA"
+        return LAUNCH_STEPS[index + 1] if index + 1 < len(LAUNCH_STEPS) else None
+
+    def _ranges(self, rec: GuestRecord) -> list[tuple[int, int]]:
+        return self.hv.guest_ranges(rec.domid, rec.image_gpa, rec.image_size)
+
+    def launch(self, rec: GuestRecord) -> None:
+        domid = rec.domid
+        rec.state = "launching"
+        self._write(domid, {"state": "launching"})
+        try:
+            while (step := self._next_launch_step(rec)) is not None:
+                self._launch_step(rec, step)
+                self._write(domid, {"step": step if step != "UPDATE_DATA" else f"UPDATE_DATA {rec.ranges_done}"})
+        except FirmwareError as err:
+            self.fail(rec, err.name, str(err))
+            return
+        except (HypervisorError, LaunchFailed) as err:
+            self.fail(rec, getattr(err, "name", "XEN_ERROR"), getattr(err, "message", str(err)))
+            return
+        rec.state = "measured"
+        self.records.save(rec)
+        st = self.platform_status()
+        self._write(
+            domid,
+            {
+                "handle": str(rec.handle),
+                "asid": str(rec.asid),
+                "api": f"{st.api_major}.{st.api_minor}",
+                "build": str(st.build),
+                "policy": str(Policy(rec.policy)),
+                "measurement": rec.measurement or "",
+                "state": "measured",
+            },
+        )
+        self.log.info("domain %d measured", domid, extra=self._fields(rec))
+        if not rec.attest:
+            self.finish(rec)
+
+    def _launch_step(self, rec: GuestRecord, step: str) -> None:
+        g = self.guest
+        if step == "SEV_DOMAIN":
+            sev = self._journal(rec, step, lambda: self.make_sev_domain(rec.domid, rec.es))
+            rec.asid = sev.asid
+        elif step == "LAUNCH_START":
+            godh, session = self._session_from_xenstore(rec.domid)
+            kwargs = {"godh_cert": godh, "session": session} if godh else {}
+            self._journal(
+                rec,
+                step,
+                lambda: self.psp(lambda: g.launch_start(Policy(rec.policy), **kwargs)),
+                lambda handle: setattr(rec, "handle", handle),
+            )
+        elif step == "ACTIVATE":
+            self._journal(rec, step, lambda: self.psp(g.activate, rec.handle, rec.asid))
+        elif step == "SEV_ENABLED":
+            self._journal(rec, step, lambda: self.hv.enable_sev(rec.domid))
+        elif step == "UPDATE_DATA":
+            ranges = self._ranges(rec)
+            spa, length = ranges[rec.ranges_done]
+            self._journal(
+                rec,
+                step,
+                lambda: self.psp(g.launch_update_data, rec.handle, spa, length),
+                lambda _: setattr(rec, "ranges_done", rec.ranges_done + 1),
+            )
+        elif step == "MEASURE":
+            self._journal(
+                rec,
+                step,
+                lambda: self.psp(g.launch_measure, rec.handle),
+                lambda blob: setattr(rec, "measurement", base64.b64encode(blob).decode()),
+            )
+
+    def _session_from_xenstore(self, domid: int) -> tuple[bytes | None, bytes | None]:
+        assert self.xs is not None
+        request = self.xs.read_dir(proto.guest_path(domid, "request"))
+        req = proto.LaunchRequest.parse(domid, request)
+        return req.godh, req.session
+
+    def make_sev_domain(self, domid: int, es: bool):
+        """Xen's fixed ASID for the domain; when none is free, flush dirty ones first (batched, as KVM does)."""
+        with self._asid_lock:
+            try:
+                return self.hv.make_sev_domain(domid, es)
+            except HypervisorError:
+                dirty = self.hv.dirty_asids()
+                if not dirty:
+                    raise
+                self.flush_asids(dirty)
+                return self.hv.make_sev_domain(domid, es)
+
+    def flush_asids(self, dirty: list[int]) -> None:
+        self.hv.wbinvd_all_cpus()
+        self.psp(self.guest.df_flush)
+        self.hv.asids_flushed(dirty)
+        self.log.info("WBINVD + DF_FLUSH: ASIDs %s clean", dirty)
+
+    def inject_secret(self, rec: GuestRecord) -> None:
+        assert self.xs is not None
+        base = proto.guest_path(rec.domid)
+        try:
+            packet = proto.SecretPacket.parse(self.xs.read_dir(f"{base}/secret"))
+            ranges = self.hv.guest_ranges(rec.domid, packet.gpa, len(packet.data))
+            if len(ranges) != 1:
+                raise InputError("secret/gpa: the secret must not cross a physically discontiguous page boundary")
+            spa = ranges[0][0]
+            self._journal(
+                rec,
+                "SECRET",
+                lambda: self.psp(self.guest.launch_update_secret, rec.handle, packet.header, spa, packet.data),
+            )
+            self._write(rec.domid, {"step": "SECRET"})
+            self.xs.rm(f"{base}/error")
+            self.log.info("domain %d: secret injected (%d bytes)", rec.domid, len(packet.data), extra=self._fields(rec))
+        except InputError as exc:
+            self._write(rec.domid, {"error": proto.error_text("INVALID_REQUEST", str(exc))})
+        except FirmwareError as err:
+            rec.pending = None
+            self.records.save(rec)
+            self._write(rec.domid, {"error": proto.error_text(err.name, str(err))})
+            self.log.warning("domain %d: %s", rec.domid, err, extra=self._fields(rec, err.name))
+        finally:
+            self.xs.rm(f"{base}/secret")  # secrets are transient: never left behind
+
+    def finish(self, rec: GuestRecord) -> None:
+        try:
+            self._journal(rec, "FINISH", lambda: self.psp(self.guest.launch_finish, rec.handle))
+        except FirmwareError as err:
+            self.fail(rec, err.name, str(err))
+            return
+        rec.state = "running"
+        self.records.save(rec)
+        self._write(rec.domid, {"state": "running", "step": "FINISH"})
+        self.log.info("domain %d running", rec.domid, extra=self._fields(rec))
+        self.publish_platform()
+
+    def fail(self, rec: GuestRecord, name: str, message: str) -> None:
+        self.log.error("domain %d: launch failed: %s: %s", rec.domid, name, message, extra=self._fields(rec, name))
+        try:
+            self.teardown(rec)
+        except (FirmwareError, SevdError) as exc:
+            self.log.error("domain %d: teardown failed: %s", rec.domid, exc, extra=self._fields(rec))
+        rec.state, rec.error = "error", proto.error_text(name, message)
+        self.records.save(rec)
+        self._write(rec.domid, {"state": "error", "error": rec.error})
+        self.publish_platform()
+
+    def teardown(self, rec: GuestRecord) -> None:
+        """DEACTIVATE (if bound) and DECOMMISSION the guest's PSP context; idempotent."""
+        if not rec.handle:
+            return
+        status = self.psp(self.guest.guest_status, rec.handle)
+        if status.state != FwGuestState.INVALID:
+            if status.asid:
+                self._journal(rec, "DEACTIVATE", lambda: self.psp(self.guest.deactivate, rec.handle))
+            self._journal(rec, "DECOMMISSION", lambda: self.psp(self.guest.decommission, rec.handle))
+        rec.handle = 0
+        self.records.save(rec)
+
+    # -- recovery ------------------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a restart: settle every journaled step in flight by asking GUEST_STATUS, then sweep orphans."""
+        for rec in self.records.load_all():
+            if rec.pending:
+                self._settle(rec)
+        self._sweep_orphans()
+
+    def _settle(self, rec: GuestRecord) -> None:
+        pending = rec.pending
+        status = self.psp(self.guest.guest_status, rec.handle) if rec.handle else None
+        done: bool
+        if pending in ("SEV_DOMAIN", "SEV_ENABLED", "SECRET"):
+            done = False  # idempotent (Xen) or repeatable (LAUNCH_SECRET): simply redo
+        elif pending == "LAUNCH_START":
+            done = False  # no handle came back to us; a context it created is swept as an orphan
+        elif pending == "ACTIVATE":
+            done = status is not None and status.asid == rec.asid  # never ACTIVATE twice
+        elif pending == "UPDATE_DATA":
+            rec.pending = None
+            self.records.save(rec)
+            self.fail(
+                rec,
+                "INTERRUPTED",
+                f"sevd stopped during LAUNCH_UPDATE_DATA of range {rec.ranges_done}; the image may be partly "
+                "encrypted: destroy and recreate the domain",
+            )
+            return
+        elif pending == "MEASURE":
+            if status is not None and status.state == FwGuestState.LSECRET:
+                rec.pending = None
+                self.fail(rec, "INTERRUPTED", "sevd stopped during LAUNCH_MEASURE and the measurement was lost")
+                return
+            done = False
+        elif pending == "FINISH":
+            done = status is not None and status.state == FwGuestState.RUNNING
+        elif pending == "DEACTIVATE":
+            done = status is not None and status.asid == 0
+        elif pending == "DECOMMISSION":
+            done = status is None or status.state == FwGuestState.INVALID
+        else:
+            done = False
+        if done:
+            rec.step = pending or rec.step
+            if pending == "FINISH":
+                rec.state = "running"
+            if pending == "DECOMMISSION":
+                rec.handle = 0
+        rec.pending = None
+        self.records.save(rec)
+        self.log.info("domain %d: recovered step %s (%s)", rec.domid, pending, "done" if done else "redo")
+
+    def _sweep_orphans(self) -> None:
+        """Decommission PSP contexts no journal knows (e.g. a LAUNCH_START whose handle was never saved)."""
+        known = {r.handle for r in self.records.load_all() if r.handle}
+        live = self.psp(self.platform.status).guests
+        found = 0
+        for handle in range(1, 1025):
+            if found >= live:
+                break
+            status = self.psp(self.guest.guest_status, handle)
+            if status.state == FwGuestState.INVALID:
+                continue
+            found += 1
+            if handle in known:
+                continue
+            self.log.warning("orphan PSP context handle %d (ASID %d): decommissioning", handle, status.asid)
+            if status.asid:
+                self.psp(self.guest.deactivate, handle)
+            self.psp(self.guest.decommission, handle)
+
+    # -- platform ------------------------------------------------------------------------------------------
+
+    def platform_status(self):
+        return self.psp(self.platform.status)
+
+    def _status_line(self) -> str:
+        records = self.records.load_all()
+        running = sum(r.state == "running" for r in records)
+        launching = sum(r.state in ("queued", "launching", "measured") for r in records)
+        return f"{running} running, {launching} launching"
+
+    def publish_platform(self) -> None:
+        if self.xs is None:
+            return
+        st = self.platform_status()
+        values = {
+            "api": f"{st.api_major}.{st.api_minor}",
+            "build": str(st.build),
+            "state": st.state.name,
+            "owner": "1" if st.owner else "0",
+            "es": "1" if st.es else "0",
+            "guests": str(st.guests),
+        }
+        self.xs.write_many(proto.PLATFORM, values)
+        notify(STATUS=self._status_line())
+
+
+def run(config_path: str | None) -> int:
+    config = Config.load(config_path)
+    logging.getLogger("sevd").debug("config %s", config.source)
+    return Daemon(config).run()

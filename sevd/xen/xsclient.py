@@ -1,0 +1,166 @@
+"""A small, thread-safe wrapper over pyxs for the daemon and the toolstack.
+
+pyxs wants bytes and refuses empty values; this wrapper speaks str, maps "absent" to None and
+serialises requests (and whole transactions) with one lock.  Watch events are read from
+pyxs' event queue with a timeout (its Monitor.wait would block forever), and a lost connection
+surfaces as XenstoreLost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import queue
+import threading
+from collections.abc import Iterator
+
+import pyxs
+
+from sevd.errors import SevdError
+
+
+class XenstoreError(SevdError):
+    pass
+
+
+def _is_absent(exc: Exception) -> bool:
+    return isinstance(exc, pyxs.PyXSError) and bool(exc.args) and exc.args[0] == errno.ENOENT
+
+
+class Xenstore:
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+        self._lock = threading.RLock()
+        self._monitor = None
+        self._tokens: list[str] = []
+        try:
+            self.client = pyxs.Client(unix_socket_path=socket_path)
+            self.client.connect()
+        except (OSError, pyxs.PyXSError) as exc:
+            raise XenstoreError(f"xenstore at {socket_path}: cannot connect ({exc})") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def read(self, path: str) -> str | None:
+        with self._lock:
+            try:
+                return self.client.read(path.encode()).decode()
+            except pyxs.PyXSError as exc:
+                if _is_absent(exc):
+                    return None
+                raise
+
+    def list(self, path: str) -> list[str]:
+        with self._lock:
+            try:
+                return [n.decode() for n in self.client.list(path.encode())]
+            except pyxs.PyXSError as exc:
+                if _is_absent(exc):
+                    return []
+                raise
+
+    def read_dir(self, path: str) -> dict[str, str]:
+        """Values of the direct children of `path` (children that vanish meanwhile are skipped)."""
+        out = {}
+        for name in self.list(path):
+            value = self.read(f"{path}/{name}")
+            if value is not None:
+                out[name] = value
+        return out
+
+    def write(self, path: str, value: str) -> None:
+        # xenstore allows empty values but pyxs does not: an empty node is written as MKDIR.
+        with self._lock:
+            if value:
+                self.client.write(path.encode(), value.encode())
+            else:
+                self.client.mkdir(path.encode())
+
+    def write_many(self, base: str, values: dict[str, str]) -> None:
+        """All of `values` under `base` atomically, in order (so a trigger node written last is seen last)."""
+        with self.transaction():
+            for key, value in values.items():
+                self.write(f"{base}/{key}", value)
+
+    def rm(self, path: str) -> None:
+        with self._lock:
+            try:
+                self.client.delete(path.encode())
+            except pyxs.PyXSError as exc:
+                if not _is_absent(exc):
+                    raise
+
+    def set_perms(self, path: str, perms: tuple[str, ...]) -> None:
+        with self._lock:
+            self.client.set_perms(path.encode(), [p.encode() for p in perms])
+
+    def introduce(self, domid: int, mfn: int, port: int) -> None:
+        with self._lock:
+            self.client.introduce_domain(domid, mfn, port)
+
+    def release(self, domid: int) -> None:
+        with self._lock:
+            # pyxs decides "am I Dom0?" from /proc/xen/capabilities, absent without Xen; the
+            # privileged socket is proof enough.
+            self.client.SU = True
+            self.client.release_domain(domid)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Retried on EAGAIN by the caller's loop, as xenstore expects; here we retry the whole block once."""
+        with self._lock:
+            self.client.transaction()
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.client.rollback()
+                raise
+            self.client.commit()
+
+    # -- watches -------------------------------------------------------------------------------------------
+
+    def watch(self, paths: list[str]) -> None:
+        """Watch `paths` on this connection; events are read with `next_event`."""
+        if self._monitor is None:
+            self._monitor = self.client.monitor()
+            # When the connection dies, pyxs' router thread ends: wake next_event with a sentinel.
+            router = self.client.router
+            threading.Thread(
+                target=lambda: (router.thread.join(), self._monitor.events.put(_LOST)),
+                name="xenstore-lost",
+                daemon=True,
+            ).start()
+        for i, path in enumerate(paths):
+            token = f"sevd-{len(self._tokens) + i}"
+            with self._lock:
+                self._monitor.watch(path.encode(), token.encode())
+        self._tokens.extend(paths)
+
+    def next_event(self, timeout: float | None) -> str | None:
+        """The path of the next watch event, or None after `timeout` seconds; raises XenstoreLost."""
+        assert self._monitor is not None, "watch() first"
+        try:
+            event = self._monitor.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if event is _WAKE:
+            return None
+        if event is _LOST:
+            raise XenstoreLost(f"xenstore at {self.socket_path}: connection lost")
+        return event[0].decode()
+
+    def wake(self) -> None:
+        """Make a blocked next_event return None now (safe from signal handlers and other threads)."""
+        if self._monitor is not None:
+            self._monitor.events.put(_WAKE)
+
+
+class XenstoreLost(XenstoreError):
+    """The connection to xenstored is gone; reconnect, re-watch and rescan."""
+
+
+_LOST = object()
+_WAKE = object()

@@ -1,0 +1,79 @@
+"""Real processes for end-to-end tests: the xenstored stand-in, `sevd run`, and a simulated toolstack."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sevd.simhost import SimulatedHost
+from sevd.xen import protocol as proto
+from sevd.xen.toolstack import SimulatedToolstack
+from sevd.xen.xenstored import XenstoredStandIn
+from sevd.xen.xsclient import Xenstore
+
+BIN = Path(sys.executable).parent
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Harness:
+    def __init__(self, root: Path, **host_options):
+        self.root = root
+        self.host = SimulatedHost.create(root, **host_options)
+        self.xenstored = XenstoredStandIn(str(root / "xenstored.sock"), str(root / "xenstored.json")).start()
+        self.xs = Xenstore(str(root / "xenstored.sock"))
+        self.toolstack = SimulatedToolstack(root, self.xs)
+        self.daemon: subprocess.Popen | None = None
+        self.log = root / "sevd.log"
+
+    def start_daemon(self, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+        env = dict(os.environ, **(env_extra or {}))
+        with open(self.log, "ab") as log:
+            self.daemon = subprocess.Popen(
+                [str(BIN / "sevd"), "run", "--config", str(self.root / "sevd.toml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        wait_for(lambda: self.xs.read(proto.DAEMON_READY) == "1" and self._pid_matches(), 30, "sevd ready")
+        return self.daemon
+
+    def _pid_matches(self) -> bool:
+        return self.daemon is not None and self.xs.read(proto.DAEMON_PID) == str(self.daemon.pid)
+
+    def stop_daemon(self, sig=signal.SIGTERM) -> int:
+        assert self.daemon is not None
+        self.daemon.send_signal(sig)
+        rc = self.daemon.wait(timeout=30)
+        self.daemon = None
+        return rc
+
+    def state(self, domid: int) -> str | None:
+        return self.xs.read(proto.guest_path(domid, "state"))
+
+    def wait_state(self, domid: int, *states: str, timeout: float = 60) -> str:
+        return wait_for(lambda: (s := self.state(domid)) in states and s, timeout, f"domain {domid} in {states}")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.daemon is not None:
+                self.stop_daemon()
+        self.xs.close()
+        self.xenstored.stop()
+
+    def logs(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
