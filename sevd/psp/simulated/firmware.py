@@ -238,7 +238,9 @@ class Firmware:
                 keys = open_session(LaunchSession.parse(session), self.identity.key("pdh"), godh_key, policy)
             except VerificationError as exc:
                 raise status.BadMeasurement(cmd.name, detail=str(exc)) from None
-        # Decision (docs/simulated-psp.md): the policy is checked with or without a session.
+        # Decision (docs/simulated-psp.md): the policy's API version and reserved bits are checked with
+        # or without a session.  Genoa firmware checks them only when a GODH is given; we never accept
+        # a policy the firmware could not honour.
         if (policy >> 16 & 0xFF, policy >> 24 & 0xFF) > (API_MAJOR, API_MINOR):
             raise status.PolicyFailure(cmd.name, detail="policy requires a newer firmware API")
         if policy & RESERVED_MASK:

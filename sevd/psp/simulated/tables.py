@@ -1,7 +1,7 @@
 """The SEV firmware's state machines as tables, to be read side by side with the SEV API.
 
-Sources: AMD SEV API 0.24 and the fact table in docs/simulated-psp.md (states, check order and
-statuses read from AMD's published PSP firmware, the Linux driver and KVM).  Nothing else in the
+Sources: AMD SEV API 0.24 and docs/simulated-psp.md (states, check order and statuses read from
+AMD's published PSP firmware, the Linux driver and KVM).  Nothing else in the
 simulator decides which command is legal when: firmware.py looks it up here.
 """
 
