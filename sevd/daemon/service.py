@@ -39,6 +39,17 @@ LAUNCH_STEPS = ("SEV_DOMAIN", "LAUNCH_START", "ACTIVATE", "SEV_ENABLED", "UPDATE
 DAEMON_NODES = {"ack", "state", "step", "handle", "asid", "measurement", "api", "build", "policy", "error"}
 
 
+# Fault injection for the crash tests: SEVD_FAULT="before:ACTIVATE" kills the daemon (SIGKILL, no
+# cleanup) right before that command reaches the PSP; "after:…" right after it, before the journal
+# records it.  Off unless the variable is set.
+_FAULT = os.environ.get("SEVD_FAULT", "")
+
+
+def fault_point(when: str, step: str) -> None:
+    if _FAULT and f"{when}:{step}" == _FAULT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class LaunchFailed(SevdError):
     def __init__(self, name: str, message: str):
         super().__init__(f"{name}: {message}")
@@ -232,16 +243,29 @@ class Daemon:
             return
         if rec.state in ("queued", "launching"):
             self.launch(rec)
+        elif self.xs.read(f"{base}/state") != rec.state:
+            # The journal is ahead of xenstore (a crash between the two): publish what is true.
+            self._write(domid, {"state": rec.state, **({"error": rec.error} if rec.error else {})})
         if rec.state == "measured" and command == proto.Command.INJECT_SECRET:
-            self.inject_secret(rec)
-            self.xs.rm(f"{base}/command")
+            injected = self.inject_secret(rec)
+            self._consume_command(domid, command)
+            if injected:  # announced only after the command is consumed, so the next one is not lost
+                self._write(domid, {"step": "SECRET"})
         elif rec.state == "measured" and command == proto.Command.FINISH:
+            self._consume_command(domid, command)
             self.finish(rec)
-            self.xs.rm(f"{base}/command")
         elif command in (proto.Command.INJECT_SECRET, proto.Command.FINISH):
             msg = f"{command.value} needs state measured, the guest is {rec.state}"
             self._write(domid, {"error": proto.error_text("INVALID_REQUEST", msg)})
-            self.xs.rm(f"{base}/command")
+            self._consume_command(domid, command)
+
+    def _consume_command(self, domid: int, command: proto.Command) -> None:
+        """Remove the command node only if it still holds the command acted on (a newer one must survive)."""
+        assert self.xs is not None
+        path = proto.guest_path(domid, "command")
+        with self.xs.transaction():
+            if self.xs.read(path) == command.value:
+                self.xs.rm(path)
 
     def _take_request(self, domid: int, rec: GuestRecord | None) -> GuestRecord | None:
         """Accept a new request generation (validated) or return the current record."""
@@ -285,7 +309,9 @@ class Daemon:
         """Persist `pending` before the command and the result after it: a crash between is recoverable."""
         rec.pending = step
         self.records.save(rec)
+        fault_point("before", step)
         result = action()
+        fault_point("after", step)
         if apply is not None:
             apply(result)
         rec.pending = None
@@ -394,11 +420,13 @@ class Daemon:
 
     def flush_asids(self, dirty: list[int]) -> None:
         self.hv.wbinvd_all_cpus()
+        fault_point("before", "DF_FLUSH")
         self.psp(self.guest.df_flush)
+        fault_point("after", "DF_FLUSH")
         self.hv.asids_flushed(dirty)
         self.log.info("WBINVD + DF_FLUSH: ASIDs %s clean", dirty)
 
-    def inject_secret(self, rec: GuestRecord) -> None:
+    def inject_secret(self, rec: GuestRecord) -> bool:
         assert self.xs is not None
         base = proto.guest_path(rec.domid)
         try:
@@ -412,9 +440,9 @@ class Daemon:
                 "SECRET",
                 lambda: self.psp(self.guest.launch_update_secret, rec.handle, packet.header, spa, packet.data),
             )
-            self._write(rec.domid, {"step": "SECRET"})
             self.xs.rm(f"{base}/error")
             self.log.info("domain %d: secret injected (%d bytes)", rec.domid, len(packet.data), extra=self._fields(rec))
+            return True
         except InputError as exc:
             self._write(rec.domid, {"error": proto.error_text("INVALID_REQUEST", str(exc))})
         except FirmwareError as err:
@@ -424,6 +452,7 @@ class Daemon:
             self.log.warning("domain %d: %s", rec.domid, err, extra=self._fields(rec, err.name))
         finally:
             self.xs.rm(f"{base}/secret")  # secrets are transient: never left behind
+        return False
 
     def finish(self, rec: GuestRecord) -> None:
         try:

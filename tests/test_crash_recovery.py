@@ -1,0 +1,151 @@
+"""Crash at every step: sevd is SIGKILLed right before and right after each PSP command, then restarted.
+
+Afterwards every guest ends running, or decommissioned with its error node set; the simulated
+PSP's contexts equal the daemon's journal; no ASID is held twice and none is reused unflushed.
+"""
+
+import json
+
+import pytest
+from daemon_harness import Harness, wait_for
+
+from sevd.abi.certs import SevCert
+from sevd.abi.launch import LaunchMeasurement
+from sevd.abi.policy import Policy
+from sevd.owner.secret import package_secret
+from sevd.owner.session import make_session
+from sevd.platform import Platform
+from sevd.xen import protocol as proto
+from sevd.xen.toolstack import request_launch, send_command, send_secret
+
+LAUNCH_STEPS = ["SEV_DOMAIN", "LAUNCH_START", "ACTIVATE", "SEV_ENABLED", "UPDATE_DATA", "MEASURE", "SECRET", "FINISH"]
+TEARDOWN_STEPS = ["DEACTIVATE", "DECOMMISSION", "DF_FLUSH"]
+# Steps after which recovery cannot know what the firmware did to guest memory: the launch must fail cleanly.
+MUST_FAIL = {("before", "UPDATE_DATA"), ("after", "UPDATE_DATA"), ("after", "MEASURE")}
+IMAGE = bytes(range(256)) * (300 * 4096 // 256)  # 300 pages: several physically discontiguous ranges
+
+
+def launch(h, name, session):
+    domid = h.toolstack.create(name, 4, IMAGE)
+    gpa, size = h.toolstack.image_location(domid)
+    req = proto.LaunchRequest(
+        domid, 1, Policy(0), False, True, gpa, size, session.godh.to_bytes(), session.blob.to_bytes()
+    )
+    request_launch(h.xs, req)
+    return domid
+
+
+def state_or_death(h, domid, *states):
+    """Wait for one of `states`; None when the daemon died first (the injected crash)."""
+
+    def check():
+        if (s := h.state(domid)) in states:
+            return s
+        return "killed" if h.daemon.poll() is not None else None
+
+    state = wait_for(check, 30, f"domain {domid} in {states}")
+    return None if state == "killed" else state
+
+
+def drive_to_running(h, domid, session):
+    """Play the owner until the guest runs or fails; None when the daemon was killed on the way."""
+    base = proto.guest_path(domid)
+    state = state_or_death(h, domid, "measured", "running", "error")
+    if state == "measured":
+        measured = LaunchMeasurement.from_base64(h.xs.read(f"{base}/measurement"))
+        if h.xs.read(f"{base}/step") != "SECRET":
+            packaged = package_secret(session.keys, b"s" * 32, measured)
+            gpa, _ = h.toolstack.image_location(domid)
+            send_secret(h.xs, domid, proto.SecretPacket(packaged.header.to_bytes(), packaged.ciphertext, gpa))
+            wait_for(lambda: h.xs.read(f"{base}/step") == "SECRET" or h.daemon.poll() is not None, 30, "secret")
+            if h.daemon.poll() is not None:
+                return None  # killed on the way: the caller restarts
+        send_command(h.xs, domid, proto.Command.FINISH)
+        state = state_or_death(h, domid, "running", "error")
+    return state
+
+
+def journal(h):
+    return [json.loads(p.read_text()) for p in (h.root / "sevd-state" / "guests").glob("*.json")]
+
+
+def assert_consistent(h):
+    status = Platform(h.host.client()).status()
+    records = journal(h)
+    live = [r for r in records if r["handle"]]
+    assert status.guests == len(live), (status, records)
+    psp_state = json.loads((h.root / "psp" / "state.json").read_text())
+    psp_asids = sorted(g["asid"] for g in psp_state["guests"].values() if g["asid"])
+    assert psp_asids == sorted(r["asid"] for r in live if r["state"] == "running")
+    assert len(set(psp_asids)) == len(psp_asids)
+    xen = json.loads((h.root / "xen" / "domains.json").read_text())
+    in_use = [d["asid"] for d in xen["domains"].values() if d["asid"]]
+    assert not set(in_use) & set(xen["dirty_asids"]), "an ASID was handed out while still dirty"
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = Harness(tmp_path / "host", max_asid=6, min_sev_asid=5)
+    yield h
+    h.close()
+
+
+def _session(h):
+    pdh = SevCert.parse(Platform(h.host.client()).pdh_cert_export().pdh)
+    return make_session(pdh, 0)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", LAUNCH_STEPS)
+def test_crash_during_launch(host, when, step):
+    session = _session(host)
+    host.start_daemon({"SEVD_FAULT": f"{when}:{step}"})
+    domid = launch(host, "crash", session)
+    result = drive_to_running(host, domid, session)
+    if result is None or host.daemon.poll() is None:
+        wait_for(lambda: host.daemon.poll() is not None, 30, "the injected crash")
+    assert host.daemon.returncode == -9, host.logs()
+    host.daemon = None
+    host.start_daemon()
+    final = drive_to_running(host, domid, session)
+    if (when, step) in MUST_FAIL:
+        assert final == "error", host.logs()
+        assert host.xs.read(proto.guest_path(domid, "error")).startswith("INTERRUPTED:")
+    else:
+        assert final == "running", host.logs()
+    assert_consistent(host)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", TEARDOWN_STEPS)
+def test_crash_during_teardown(host, when, step):
+    session = _session(host)
+    host.start_daemon({"SEVD_FAULT": f"{when}:{step}"})
+    # Two SEV ASIDs: the third launch needs WBINVD + DF_FLUSH of the first two.
+    domids = []
+    for i in range(3):
+        if host.daemon is None:
+            host.start_daemon()
+        domid = launch(host, f"t{i}", session)
+        state = drive_to_running(host, domid, session)
+        if state is None or host.daemon.poll() is not None:
+            wait_for(lambda: host.daemon.poll() is not None, 30, "the injected crash")
+            host.daemon = None
+            host.start_daemon()
+            state = drive_to_running(host, domid, session)
+        assert state == "running", host.logs()
+        domids.append(domid)
+        if i < 2:
+            host.toolstack.destroy(domid)
+            wait_for(
+                lambda d=domid: host.xs.read(proto.guest_path(d)) is None or host.daemon.poll() is not None,
+                30,
+                "teardown",
+            )
+            if host.daemon.poll() is not None:
+                assert host.daemon.returncode == -9
+                host.daemon = None
+                host.start_daemon()
+                wait_for(lambda d=domid: host.xs.read(proto.guest_path(d)) is None, 30, "teardown after restart")
+    assert "killed" not in host.logs()
+    assert_consistent(host)
