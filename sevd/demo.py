@@ -1,121 +1,250 @@
-"""`make demo`: an attested SEV launch on a simulated host, step by step.
+"""`make demo`: a full attested SEV launch on a simulated host, with the real processes a host runs.
 
-The host side (simulated Xen + the /dev/sev ioctl client in front of the simulated PSP) and the
-guest owner side (sevd.owner, which trusts only signatures) run in one process here, talking only
-through the files and blobs they would exchange over a network.
+The demo starts what a Xen host would have running, as separate processes: the xenstored stand-in
+and the sevd daemon (`sevd run`), each logging into the host directory.  Then it runs the commands
+a user types, as subprocesses: `xl-sev create examples/sev-guest.cfg --attest HOST/owner` (xl-sev
+acts as a local guest owner: it verifies the platform's certificate chain, makes the launch
+session, checks the measurement of Debian's OVMF and injects a secret), `xl-sev list`, the owner's
+independent check with `sev-owner verify-measurement`, and `xl-sev destroy`.  Whatever happens, it
+stops every process it started.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from sevd.abi.certs import AmdCert, PlatformChain, SevCert, verify_chain
-from sevd.abi.launch import LaunchMeasurement
-from sevd.abi.policy import Policy
-from sevd.errors import VerificationError
-from sevd.guest import GuestCommands
-from sevd.owner.measurement import verify_measurement
-from sevd.owner.secret import package_secret
-from sevd.owner.session import make_session
-from sevd.platform import Platform
 from sevd.simhost import SimulatedHost
+from sevd.xen import protocol as proto
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sev-guest.cfg"
+READY_TIMEOUT = 20.0
+
+# Used when sevd is installed without its source tree (no examples/ next to the package).
+FALLBACK_CFG = """\
+name = "sev-guest"
+type = "hvm"
+memory = 64
+vcpus = 1
+bios = "ovmf"
+bios_path_override = "/usr/share/ovmf/OVMF.fd"
+sev = 1
+sev_policy = 0x1
+"""
 
 
-def _step(text: str) -> None:
-    print(f"  - {text}", flush=True)
+class DemoFailed(Exception):
+    pass
+
+
+def _tool(name: str) -> list[str]:
+    """The installed entry point next to this Python (the venv's bin), else the module behind it."""
+    path = Path(sys.executable).parent / name
+    if path.exists():
+        return [str(path)]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    module = {"sevd": "sevd.cli.sevd_main", "xl-sev": "sevd.cli.xl_sev", "sev-owner": "sevd.cli.owner"}[name]
+    return [sys.executable, "-m", module]
 
 
 def run_demo(host_dir: str | None = None) -> int:
     """Run the demo on `host_dir` (kept), or on a temporary host removed afterwards."""
     if host_dir is None:
         with tempfile.TemporaryDirectory(prefix="sevd-demo-") as tmp:
-            return _run(Path(tmp))
-    return _run(Path(host_dir))
+            return Demo(Path(tmp)).run()
+    return Demo(Path(host_dir)).run()
 
 
-def _run(root: Path) -> int:
-    started = time.monotonic()
-    if not OVMF.exists():
-        print(f"{OVMF} is missing: install Debian's ovmf package (make demo does)")
-        return 2
-    print(f"simulated host: {root}")
-    host = SimulatedHost.create(root)
-    client = host.client()
-    platform, guest = Platform(client), GuestCommands(client)
-    xen = host.xen()
+class Demo:
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.config = self.root / "sevd.toml"
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.started = time.monotonic()
 
-    st = platform.status()
-    print(f"platform: SEV API {st.api_major}.{st.api_minor} build {st.build}, {st.state.name}, guests {st.guests}")
+    # -- output --------------------------------------------------------------------------------------------
 
-    print("guest owner: verify the platform and build a launch session")
-    export = platform.pdh_cert_export()
-    identity = root / "psp" / "identity"  # the simulated chip's AMD root, exported alongside the chain
-    chain = PlatformChain(
-        pdh=SevCert.parse(export.pdh, "pdh.cert"),
-        pek=SevCert.parse(export.pek, "pek.cert"),
-        oca=SevCert.parse(export.oca, "oca.cert"),
-        cek=SevCert.parse(export.cek, "cek.cert"),
-        ask=AmdCert.parse((identity / "ask.cert").read_bytes(), "ask.cert"),
-        ark=AmdCert.parse((identity / "ark.cert").read_bytes(), "ark.cert"),
-    )
-    verify_chain(chain)
-    _step("PDH <- PEK <- (OCA, CEK <- ASK <- ARK) verified")
-    policy = Policy.parse("NOKS|0x00000000")  # debugging allowed so the demo can show the secret landed
-    session = make_session(chain.pdh, int(policy))
-    _step(f"GODH key + launch blob for policy {policy} ({policy.describe()})")
+    def say(self, text: str) -> None:
+        print(text, flush=True)
 
-    image = OVMF.read_bytes()
-    print(f"host: create the paused domain with {OVMF} ({len(image) // 1024} KiB)")
-    domid = xen.create_domain(f"sev-demo-{os.getpid()}", 64, image)
-    sev = xen.make_sev_domain(domid, es=False)
-    _step(f"domain {domid}: SEV, ASID {sev.asid}, C-bit {sev.cbit}")
-    handle = guest.launch_start(policy, godh_cert=session.godh.to_bytes(), session=session.blob.to_bytes())
-    _step(f"LAUNCH_START -> handle {handle}")
-    guest.activate(handle, sev.asid)
-    xen.enable_sev(domid)
-    _step(f"ACTIVATE handle {handle} on ASID {sev.asid}; SEV enabled in the VMCBs")
-    ranges = xen.boot_image_ranges(domid)
-    for spa, length in ranges:
-        guest.launch_update_data(handle, spa, length)
-    _step(f"LAUNCH_UPDATE_DATA x{len(ranges)} (contiguous frames coalesced) over {sum(n for _, n in ranges)} bytes")
-    blob = guest.launch_measure(handle)
-    measured = LaunchMeasurement.parse(blob)
-    _step(f"LAUNCH_MEASURE -> {measured.to_base64()}")
+    def command(self, *args: str, check: bool = True) -> str:
+        """Run one user command, echo it and its output as a terminal would, return its stdout."""
+        shown = " ".join(a.replace(str(self.root), "$HOST") for a in args)
+        self.say(f"$ {shown}")
+        proc = subprocess.Popen(
+            [*_tool(args[0]), *args[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            print(f"    {line.rstrip().replace(str(self.root), '$HOST')}", flush=True)
+        rc = proc.wait()
+        if check and rc != 0:
+            raise DemoFailed(f"`{shown}` exited {rc}")
+        return "".join(lines)
 
-    print("guest owner: check the measurement, send the secret")
-    st = platform.status()
-    tik = session.keys.tik
-    try:
-        verify_measurement(measured, image, int(policy), st.api_major, st.api_minor, st.build, tik)
-    except VerificationError as err:
-        print(f"measurement MISMATCH ({err}): the owner refuses to send the secret")
-        return 1
-    _step("measurement matches the expected OVMF launch digest")
-    secret = b"disk-passphrase:correct horse battery staple".ljust(64, b"\0")
-    packaged = package_secret(session.keys, secret, measured)
-    secret_spa = ranges[0][0]
-    guest.launch_update_secret(handle, packaged.header.to_bytes(), secret_spa, packaged.ciphertext)
-    _step(f"LAUNCH_UPDATE_SECRET: {len(secret)} bytes at SPA {secret_spa:#x}")
-    guest.launch_finish(handle)
-    xen.unpause(domid)
-    _step(f"LAUNCH_FINISH; domain {domid} running: {guest.guest_status(handle).state.name}")
-    in_guest = guest.dbg_decrypt(handle, secret_spa, len(secret))
-    raw = host.psp().memory.read(secret_spa, len(secret))
-    _step(f"guest sees its secret: {in_guest == secret}; host memory holds ciphertext: {secret not in raw}")
+    # -- the processes a host runs -------------------------------------------------------------------------
 
-    print("host: destroy")
-    guest.deactivate(handle)
-    guest.decommission(handle)
-    xen.destroy(domid)  # Xen: WBINVD on all CPUs
-    dirty = xen.dirty_asids()
-    guest.df_flush()
-    xen.asids_flushed(dirty)
-    _step(f"DEACTIVATE, DECOMMISSION, WBINVD + DF_FLUSH: ASIDs {dirty} clean again")
-    st = platform.status()
-    print(f"platform: {st.state.name}, guests {st.guests}; done in {time.monotonic() - started:.1f} s")
-    return 0
+    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def wait_until(self, what: str, predicate, proc: subprocess.Popen, log: Path) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DemoFailed(f"{what}: the process exited {proc.returncode}; see {log}:\n{_tail(log)}")
+            with contextlib.suppress(Exception):
+                if predicate():
+                    return
+            time.sleep(0.05)
+        raise DemoFailed(f"{what}: not ready after {READY_TIMEOUT:g} s; see {log}")
+
+    def stop_all(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self.say(f"stopped {name} (pid {proc.pid}, exit {proc.returncode})")
+        self.procs.clear()
+
+    # -- the demo ------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if not OVMF.exists():
+            print(f"{OVMF} is missing: install Debian's ovmf package (make demo does)")
+            return 2
+        try:
+            self._run()
+        except DemoFailed as exc:
+            self.say(f"demo FAILED: {exc}")
+            return 1
+        except KeyboardInterrupt:
+            self.say("interrupted")
+            return 130
+        finally:
+            self.stop_all()
+        self.say(f"done in {time.monotonic() - self.started:.1f} s")
+        return 0
+
+    def _run(self) -> None:
+        from sevd.xen.xsclient import Xenstore
+
+        host = SimulatedHost.create(self.root)
+        self.say(f"simulated host: {self.root} (simulated PSP, simulated Xen; $HOST below)")
+        (self.root / "pids").mkdir(exist_ok=True)
+
+        sock, store = self.root / "xenstored.sock", self.root / "xenstored.json"
+        xs_log, sevd_log = self.root / "xenstored.log", self.root / "sevd.log"
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        xenstored = self.start(
+            "xenstored stand-in",
+            [sys.executable, "-m", "sevd.xen.xenstored", "--socket", str(sock), "--store", str(store), "--init-dom0"],
+            xs_log,
+        )
+        self.wait_until("xenstored stand-in", lambda: Xenstore(str(sock)).close() is None, xenstored, xs_log)
+        self.say(f"started xenstored stand-in (pid {xenstored.pid}, log $HOST/{xs_log.name})")
+
+        daemon = self.start("sevd", [*_tool("sevd"), "run", "--config", str(self.config)], sevd_log)
+        xs = Xenstore(str(sock))
+        try:
+            self.wait_until(
+                "sevd",
+                lambda: xs.read(proto.DAEMON_READY) == "1" and xs.read(proto.DAEMON_PID) == str(daemon.pid),
+                daemon,
+                sevd_log,
+            )
+            self.say(f"started sevd (pid {daemon.pid}, log $HOST/{sevd_log.name})")
+            for name, proc in self.procs:
+                (self.root / "pids" / name.split()[0]).write_text(str(proc.pid))
+            self._launch(host, xs)
+        finally:
+            xs.close()
+
+    def _launch(self, host: SimulatedHost, xs) -> None:
+        cfg = EXAMPLE
+        if not cfg.exists():
+            cfg = self.root / "sev-guest.cfg"
+            cfg.write_text(FALLBACK_CFG)
+        owner = self.root / "owner"
+        xl = ("xl-sev", "--config", str(self.config))
+
+        self.say("\nhost + local guest owner: create, measure, verify, inject the secret, finish, unpause")
+        self.command(*xl, "create", str(cfg), "--attest", str(owner))
+
+        self.say("")
+        self.command(*xl, "list")
+        guests = json.loads(_quiet([*_tool("xl-sev"), *xl[1:], "--json", "list"]))
+        guest = next(g for g in guests if g["name"] == "sev-guest")
+        domid = guest["domid"]
+        measured = json.loads(_quiet([*_tool("xl-sev"), *xl[1:], "--json", "launch-measure", "sev-guest"]))
+
+        self.say("\nthe owner's own check, with the owner's tool and files (sev-tool names):")
+        self.command(
+            "sev-owner",
+            "verify-measurement",
+            "--image",
+            str(OVMF),
+            "--policy",
+            measured["policy"],
+            "--api",
+            f"{measured['api_major']}.{measured['api_minor']}",
+            "--build",
+            str(measured["build"]),
+            "--tk",
+            str(owner / "tmp_tk.bin"),
+            "--measurement",
+            measured["measurement"],
+        )
+
+        self.say("\nwhat the host sees of the guest's memory:")
+        gpa = int(xs.read(proto.guest_path(domid, "request", "image-gpa")), 0)
+        xen = host.xen()
+        memory = host.psp().memory
+        secret = (owner / "secret.bin").read_bytes()
+        spa = xen.guest_ranges(domid, gpa, len(secret))[0][0]
+        image = OVMF.read_bytes()
+        first, length = xen.boot_image_ranges(domid)[0]
+        leaked = memory.read(spa, len(secret)) == secret
+        self.say(f"    the secret ({len(secret)} bytes at GPA {gpa:#x}) in plaintext: {leaked}")
+        self.say(f"    OVMF's first {length // 1024} KiB in plaintext: {memory.read(first, length) == image[:length]}")
+
+        self.say("")
+        self.command(*xl, "destroy", "sev-guest")
+        self.command(*xl, "platform", "status")
+
+
+def _quiet(argv: list[str]) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise DemoFailed(f"`{' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(run_demo(os.environ.get("SEVD_DEMO_HOST")))
