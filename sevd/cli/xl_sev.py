@@ -326,7 +326,9 @@ def wait_for(
                 progress.step(f"{shown[0]}{step}")
             progress.shown = shown
         if done(nodes):
-            return nodes
+            # read_dir lists, then reads each child: a transaction of sevd's may land in between. The
+            # state we waited for is stable, so a fresh read sees everything written with it.
+            return xs.read_dir(base) if nodes else nodes
         if fail_on_error_state and nodes.get("state") == proto.GuestState.ERROR.value:
             if progress is not None:
                 progress.close()
@@ -349,8 +351,9 @@ def _wait_state(xs: Any, domid: int, state: proto.GuestState, timeout: float, pr
 def _run_command(xs: Any, domid: int, timeout: float, what: str) -> dict[str, str]:
     """Wait until sevd has taken the command node (it removes it when done); fail if it wrote `error`."""
     nodes = wait_for(xs, domid, lambda n: "command" not in n, timeout, what, fail_on_error_state=False)
-    if "error" in nodes:
-        raise LaunchError(f"domain {domid}: {nodes['error']}")
+    error = xs.read(proto.guest_path(domid, "error"))  # written before sevd removes the command: read it now
+    if error is not None:
+        raise LaunchError(f"domain {domid}: {error}")
     return nodes
 
 

@@ -1,0 +1,254 @@
+"""`xl-sev` guest verbs as an operator runs them: installed entry points, as subprocesses, against a
+simulated host with the xenstored stand-in and `sevd run` running (tests/daemon_harness.py)."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from daemon_harness import BIN, OVMF, Harness, wait_for
+
+from sevd.platform import Platform
+from sevd.xen import protocol as proto
+from sevd.xen.xenstored import XenstoredStandIn
+from sevd.xen.xsclient import Xenstore
+
+pytestmark = pytest.mark.skipif(not OVMF.exists(), reason="Debian's ovmf package provides the boot image")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(*args, check=None, env=None, timeout=90):
+    proc = subprocess.run(
+        [str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    if check is not None:
+        assert proc.returncode == check, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    h = Harness(tmp_path_factory.mktemp("xlsev") / "host")
+    h.start_daemon()
+    yield h
+    h.close()
+
+
+def xl(h, *args, check=0, json_out=False):
+    proc = run("xl-sev", "--config", h.root / "sevd.toml", *(["--json"] if json_out else []), *args, check=check)
+    return json.loads(proc.stdout) if json_out and check == 0 else proc
+
+
+def guest_cfg(tmp_path, name, extra="", base="sev-guest.cfg"):
+    text = (EXAMPLES / base).read_text()
+    text = text.replace('name = "sev-guest"', f'name = "{name}"').replace('name = "plain-guest"', f'name = "{name}"')
+    path = tmp_path / f"{name}.cfg"
+    path.write_text(text + extra)
+    return path
+
+
+def psp_guests(h):
+    return Platform(h.host.client()).status().guests
+
+
+def test_create_attest_runs_and_every_read_verb_reports_it(harness, tmp_path):
+    owner = tmp_path / "owner"
+    out = xl(harness, "create", guest_cfg(tmp_path, "att"), "--attest", owner).stdout
+    for line in ("Parsing config from", "owner: platform chain verified", "  measured", "owner: measurement verified"):
+        assert line in out, out
+    assert out.strip().endswith("running, unpaused")
+    domid = int(out.split("domid ")[1].split(",")[0])
+    assert harness.toolstack.xen.domains()[domid]["paused"] is False
+    assert (owner / "secret.bin").stat().st_mode & 0o777 == 0o600 and len((owner / "secret.bin").read_bytes()) == 32
+
+    rows = {r["name"]: r for r in xl(harness, "list", json_out=True)}
+    assert set(rows["att"]) == {"domid", "name", "handle", "asid", "state", "policy"}
+    assert rows["att"]["domid"] == domid and rows["att"]["state"] == "running" and rows["att"]["policy"] == "0x00000001"
+    assert "NODBG" in xl(harness, "list").stdout
+
+    m = xl(harness, "launch-measure", "att", json_out=True)
+    assert set(m) == {"measurement", "api_major", "api_minor", "build", "policy"}
+    assert (m["api_major"], m["api_minor"]) == (0, 24) and len(m["measurement"]) == 64
+    # the owner's tool agrees with what xl-sev checked
+    run(
+        "sev-owner", "verify-measurement", "--image", OVMF, "--policy", m["policy"], "--api", "0.24",
+        "--build", m["build"], "--tk", owner / "tmp_tk.bin", "--measurement", m["measurement"], check=0,
+    )  # fmt: skip
+    st = xl(harness, "guest-status", str(domid), json_out=True)
+    assert (st["state"], st["handle"], st["asid"]) == ("RUNNING", rows["att"]["handle"], rows["att"]["asid"])
+
+    before = psp_guests(harness)
+    assert "destroyed" in xl(harness, "destroy", "att").stdout
+    assert harness.xs.read(proto.guest_path(domid)) is None and psp_guests(harness) == before - 1
+
+
+def test_remote_owner_session_stops_at_measured_then_secret_and_finish(harness, tmp_path):
+    remote = tmp_path / "remote"
+    xl(harness, "platform", "export", remote)
+    run(
+        "sev-owner", "session", "--pdh", remote / "pdh.cert", "--policy", "0x1", "--out", remote, "--name", "r", check=0
+    )
+    (remote / "godh.cert").unlink()  # leave only the sevctl form
+    (remote / "launch_blob.bin").unlink()
+    out = xl(harness, "create", guest_cfg(tmp_path, "remote", f'sev_session = "{remote}"\n')).stdout
+    assert "waits in state measured" in out and "xl-sev inject-secret remote" in out, out
+    m = xl(harness, "launch-measure", "remote", json_out=True)["measurement"]
+    (tmp_path / "s.bin").write_bytes(os.urandom(64))
+    run(
+        "sev-owner", "package-secret", "--secret", tmp_path / "s.bin", "--tek", remote / "r_tek.bin",
+        "--tik", remote / "r_tik.bin", "--measurement", m, "--out", tmp_path / "pkt", check=0,
+    )  # fmt: skip
+    header, data = tmp_path / "pkt" / "packaged_secret_header.bin", tmp_path / "pkt" / "packaged_secret.bin"
+
+    # a tampered packet: the firmware's MAC check fails, the launch stays measured
+    bad = tmp_path / "bad_header.bin"
+    raw = bytearray(header.read_bytes())
+    raw[-1] ^= 1
+    bad.write_bytes(bytes(raw))
+    proc = xl(harness, "inject-secret", "remote", "--header", bad, "--secret", data, check=1)
+    assert "BAD_MEASUREMENT" in proc.stderr, proc.stderr
+    assert xl(harness, "--json", "list", check=0).stdout.count('"measured"') == 1  # the launch survives
+
+    assert (
+        "secret injected: 64 bytes"
+        in xl(harness, "inject-secret", "remote", "--header", header, "--secret", data).stdout
+    )
+    proc = xl(harness, "inject-secret", "remote", "--header", header, "--secret", data, "--gpa", "0x3", check=2)
+    assert "secret/gpa: must be 16-byte aligned" in proc.stderr
+    assert "running" in xl(harness, "finish", "remote").stdout
+    proc = xl(harness, "finish", "remote", check=1)
+    assert "INVALID_REQUEST" in proc.stderr and "running" in proc.stderr
+    xl(harness, "destroy", "remote")
+
+
+def test_plain_sev_and_no_sev_guests_and_paused(harness, tmp_path):
+    out = xl(harness, "--json", "create", "-p", guest_cfg(tmp_path, "quick"), json_out=False).stdout
+    result = json.loads(out)
+    assert result["state"] == "running" and result["name"] == "quick" and result["measurement"]
+    assert harness.toolstack.xen.domains()[result["domid"]]["paused"] is True  # -p
+    out = xl(harness, "create", guest_cfg(tmp_path, "nosev", base="plain-guest.cfg")).stdout
+    assert "not an SEV guest" in out
+    domid = harness.toolstack.xen.domid_by_name("nosev")
+    assert harness.xs.read(proto.guest_path(domid)) is None  # sevd was never asked
+    proc = xl(harness, "launch-measure", "nosev", check=2)
+    assert "is not an SEV guest" in proc.stderr
+    xl(harness, "destroy", "nosev")
+    xl(harness, "destroy", str(result["domid"]))
+
+
+def test_unknown_domains_are_named(harness):
+    for verb in ("launch-measure", "guest-status", "finish", "destroy"):
+        proc = xl(harness, verb, "no-such-guest", check=2)
+        assert "no-such-guest" in proc.stderr, (verb, proc.stderr)
+    assert "domain 4242: no such domain" in xl(harness, "guest-status", "4242", check=2).stderr
+
+
+def test_malformed_cfg_names_line_and_key_and_creates_nothing(harness, tmp_path):
+    bad = tmp_path / "guest.cfg"
+    bad.write_text('name = "x"\nmemory = = 64\n')
+    proc = xl(harness, "create", bad, check=2)
+    assert f"{bad}:2: config parsing error near `='" in proc.stderr
+    text = (EXAMPLES / "sev-guest.cfg").read_text().replace("sev_policy = 0x1", "sev_policy = 0x1000")
+    bad.write_text(text)
+    line = text.splitlines().index("sev_policy = 0x1000") + 1
+    proc = xl(harness, "create", bad, check=2)
+    assert f"guest.cfg:{line}: `sev_policy'" in proc.stderr and "reserved bits" in proc.stderr, proc.stderr
+    assert harness.toolstack.xen.domid_by_name("sev-guest") is None
+
+
+def test_firmware_error_surfaces_by_spec_name_and_the_domain_is_cleaned_up(harness, tmp_path):
+    # This simulated platform was initialised without SEV-ES: LAUNCH_START with the ES policy bit fails.
+    cfg = tmp_path / "es.cfg"
+    cfg.write_text((EXAMPLES / "sev-es-guest.cfg").read_text())
+    proc = xl(harness, "create", cfg, check=1)
+    assert "UNSUPPORTED" in proc.stderr and "destroyed" in proc.stderr, proc.stderr
+    assert harness.toolstack.xen.domid_by_name("sev-es-guest") is None
+
+
+def test_ok_passes_on_a_ready_host(harness):
+    out = xl(harness, "ok").stdout
+    assert out.count("[ PASS ]") == 8 and "FAIL" not in out, out
+    assert "simulated" in out and "sevd: running, pid" in out
+
+
+def test_without_daemon_create_fails_clearly_and_ok_says_so(tmp_path):
+    h = Harness(tmp_path / "host")  # xenstored stand-in, no sevd
+    try:
+        proc = xl(h, "create", guest_cfg(tmp_path, "lonely"), check=1)
+        assert "sevd is not running: /sevd/daemon/ready missing" in proc.stderr
+        assert h.toolstack.xen.domains() == {}
+        proc = xl(h, "ok", check=1)
+        assert "[ FAIL ] sevd: sevd is not running" in proc.stdout and "hint:" in proc.stdout
+        h.xs.write_many("/sevd/daemon", {"ready": "1", "pid": "999999"})  # a dead daemon's leftovers
+        assert "its pid 999999 is gone" in xl(h, "create", guest_cfg(tmp_path, "lonely"), check=1).stderr
+    finally:
+        h.close()
+
+
+def test_help_warns_that_stock_xl_starts_the_guest_without_sev():
+    out = run("xl-sev", "create", "--help", check=0).stdout
+    assert "WITHOUT SEV" in " ".join(out.split())
+    env = dict(os.environ, _XL_SEV_COMPLETE="bash_source")
+    assert "_xl_sev_completion" in run("xl-sev", env=env, check=0).stdout
+
+
+# -- a real Xen host's path, with a fake `xl` on PATH ----------------------------------------------------------------
+
+FAKE_XL = """\
+#!{python}
+import os, sys
+from sevd.xen.xsclient import Xenstore
+with open({log!r}, "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+xs = Xenstore({sock!r})
+verb = sys.argv[1]
+if verb == "create":
+    xs.write("/local/domain/7/name", "realguest")
+elif verb == "domid":
+    print(7)
+elif verb == "destroy":
+    xs.rm("/local/domain/7")
+    xs.rm("/sevd/guest/7")
+"""
+
+
+def test_real_host_runs_stock_xl_with_these_command_lines(tmp_path):
+    sock = tmp_path / "xs.sock"
+    stand_in = XenstoredStandIn(str(sock), str(tmp_path / "xs.json")).start()
+    xs = Xenstore(str(sock))
+    bindir, log = tmp_path / "bin", tmp_path / "xl.log"
+    bindir.mkdir()
+    (bindir / "xl").write_text(FAKE_XL.format(python=sys.executable, log=str(log), sock=str(sock)))
+    (bindir / "xl").chmod(0o755)
+    config = tmp_path / "sevd.toml"
+    config.write_text(f'[xenstore]\nsocket = "{sock}"\n[hypervisor]\nbackend = "xen"\n')
+    xs.write_many("/sevd/daemon", {"ready": "1", "pid": str(os.getpid())})
+    seen = {}
+
+    def fake_daemon():  # accepts the request and reports the guest running, as sevd would
+        base = proto.guest_path(7)
+        wait_for(lambda: xs.read(f"{base}/request/generation"), 30, "request")
+        seen.update(xs.read_dir(f"{base}/request"))
+        xs.write_many(base, {"ack": "1", "state": "running", "handle": "1", "asid": "9", "measurement": "x"})
+
+    daemon = threading.Thread(target=fake_daemon, daemon=True)
+    daemon.start()
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    cfg = guest_cfg(tmp_path, "realguest")
+    try:
+        proc = run("xl-sev", "--config", config, "create", cfg, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        daemon.join(5)
+        assert log.read_text().splitlines() == [f"create -p {cfg}", "domid realguest", "unpause 7"]
+        # hvmloader's place for OVMF: the image ends at 4 GiB
+        assert int(seen["image-gpa"], 0) == (1 << 32) - (2 << 20) and seen["image-size"] == str(OVMF.stat().st_size)
+        assert (seen["attest"], seen["policy"], seen["generation"]) == ("0", "0x00000001", "1")
+        proc = run("xl-sev", "--config", config, "destroy", "realguest", env=env, timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert log.read_text().splitlines()[-1] == "destroy 7"
+    finally:
+        xs.close()
+        stand_in.stop()
