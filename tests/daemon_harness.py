@@ -66,7 +66,13 @@ class Harness:
         return self.xs.read(proto.guest_path(domid, "state"))
 
     def wait_state(self, domid: int, *states: str, timeout: float = 60) -> str:
-        return wait_for(lambda: (s := self.state(domid)) in states and s, timeout, f"domain {domid} in {states}")
+        try:
+            return wait_for(lambda: (s := self.state(domid)) in states and s, timeout, f"domain {domid} in {states}")
+        except AssertionError as exc:
+            if self.daemon is not None and self.daemon.poll() is None:
+                self.daemon.send_signal(signal.SIGUSR1)  # sevd dumps its threads' stacks to its log
+                time.sleep(0.5)
+            raise AssertionError(f"{exc}; state {self.state(domid)!r}; sevd log:\n{self.logs()[-8000:]}") from None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -9,6 +9,8 @@ restarts and reconnects all reduce to "reconcile every domain again".
 from __future__ import annotations
 
 import base64
+import errno
+import faulthandler
 import logging
 import os
 import signal
@@ -26,7 +28,7 @@ from sevd.config import Config
 from sevd.daemon.notify import notify, setup_logging, watchdog_interval
 from sevd.daemon.pspqueue import PspQueue
 from sevd.daemon.records import GuestRecord, RecordStore
-from sevd.errors import InputError, SevdError
+from sevd.errors import DeviceError, InputError, SevdError
 from sevd.guest import GuestCommands
 from sevd.platform import Platform
 from sevd.psp.device import PspClient
@@ -106,6 +108,8 @@ class Daemon:
     # -- the main loop -------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack to the log
+        threading.excepthook = self._thread_died
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         backoff = 0.1
@@ -125,6 +129,13 @@ class Daemon:
                 backoff = min(backoff * 2, 5.0)
         self._shutdown()
         return 0
+
+    def _thread_died(self, args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name.startswith("Thread") and isinstance(args.exc_value, OSError):
+            # pyxs' router thread ends this way when xenstored goes away; the main loop reconnects.
+            self.log.debug("xenstore connection thread ended: %s", args.exc_value)
+            return
+        self.log.error("thread %s died", args.thread.name if args.thread else "?", exc_info=args.exc_value)
 
     def _on_signal(self, _signum: int, _frame: object) -> None:
         self.stopping.set()
@@ -160,6 +171,7 @@ class Daemon:
                 self._dispatch(path)
 
     def _dispatch(self, path: str) -> None:
+        self.log.debug("watch event %s", path)
         if path == proto.RELEASE_DOMAIN:
             for domid in self._known_domids():
                 if not self.hv.domain_exists(domid):
@@ -263,9 +275,13 @@ class Daemon:
         """Remove the command node only if it still holds the command acted on (a newer one must survive)."""
         assert self.xs is not None
         path = proto.guest_path(domid, "command")
-        with self.xs.transaction():
-            if self.xs.read(path) == command.value:
-                self.xs.rm(path)
+        xs = self.xs
+
+        def body() -> None:
+            if xs.read(path) == command.value:
+                xs.rm(path)
+
+        xs.transact(body)
 
     def _take_request(self, domid: int, rec: GuestRecord | None) -> GuestRecord | None:
         """Accept a new request generation (validated) or return the current record."""
@@ -345,6 +361,9 @@ class Daemon:
             return
         except (HypervisorError, LaunchFailed) as err:
             self.fail(rec, getattr(err, "name", "XEN_ERROR"), getattr(err, "message", str(err)))
+            return
+        except DeviceError as err:
+            self.fail(rec, f"DEVICE_{errno.errorcode.get(err.errno, err.errno)}", str(err))
             return
         rec.state = "measured"
         self.records.save(rec)

@@ -23,10 +23,9 @@ def request_launch(xs: Xenstore, request: proto.LaunchRequest) -> None:
 
 def send_secret(xs: Xenstore, domid: int, packet: proto.SecretPacket) -> None:
     base = proto.guest_path(domid)
-    with xs.transaction():
-        for key, value in packet.to_nodes().items():
-            xs.write(f"{base}/secret/{key}", value)
-        xs.write(f"{base}/command", proto.Command.INJECT_SECRET.value)
+    values = {f"secret/{key}": value for key, value in packet.to_nodes().items()}
+    values["command"] = proto.Command.INJECT_SECRET.value
+    xs.write_many(base, values)
 
 
 def send_command(xs: Xenstore, domid: int, command: proto.Command) -> None:

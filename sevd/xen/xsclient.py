@@ -12,11 +12,14 @@ import contextlib
 import errno
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import TypeVar
 
 import pyxs
 
 from sevd.errors import SevdError
+
+T = TypeVar("T")
 
 
 class XenstoreError(SevdError):
@@ -80,9 +83,12 @@ class Xenstore:
 
     def write_many(self, base: str, values: dict[str, str]) -> None:
         """All of `values` under `base` atomically, in order (so a trigger node written last is seen last)."""
-        with self.transaction():
+
+        def body() -> None:
             for key, value in values.items():
                 self.write(f"{base}/{key}", value)
+
+        self.transact(body)
 
     def rm(self, path: str) -> None:
         with self._lock:
@@ -107,18 +113,23 @@ class Xenstore:
             self.client.SU = True
             self.client.release_domain(domid)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Retried on EAGAIN by the caller's loop, as xenstore expects; here we retry the whole block once."""
+    def transact(self, body: Callable[[], T], attempts: int = 20) -> T:
+        """Run `body` in a transaction, again from the start when xenstored answers EAGAIN (a conflict).
+
+        pyxs reports EAGAIN as commit() returning False; ignoring that would silently drop the writes.
+        """
         with self._lock:
-            self.client.transaction()
-            try:
-                yield
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self.client.rollback()
-                raise
-            self.client.commit()
+            for _ in range(attempts):
+                self.client.transaction()
+                try:
+                    result = body()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self.client.rollback()
+                    raise
+                if self.client.commit():
+                    return result
+            raise XenstoreError(f"xenstore at {self.socket_path}: transaction still conflicting after {attempts} tries")
 
     # -- watches -------------------------------------------------------------------------------------------
 

@@ -188,6 +188,7 @@ class SimulatedPsp:
                 if user in WRITE_COMMANDS and not self.writable:
                     return -errno.EPERM, 0
                 with self.firmware() as fw:
+                    self._injected_failure(fw, user.name)
                     self._user_command(fw, user, caller)
             elif request == SEV_ISSUE_GUEST_CMD:
                 if cmd not in GUEST_COMMANDS:
@@ -195,6 +196,7 @@ class SimulatedPsp:
                 if not self.writable:
                     return -errno.EPERM, 0
                 with self.firmware() as fw:
+                    self._injected_failure(fw, FirmwareCommand(cmd).name)
                     self._guest_command(fw, FirmwareCommand(cmd), caller)
             else:
                 return -errno.ENOTTY, 0
@@ -203,6 +205,47 @@ class SimulatedPsp:
         except _Errno as err:
             return -err.value, 0
         return 0, 0
+
+    # -- failure injection (tests and operators rehearsing failures) ------------------------------------------
+
+    def inject_failure(self, command: str, outcome: str, count: int = 1) -> None:
+        """Make the next `count` `command`s (a firmware or /dev/sev command name) fail with `outcome`.
+
+        `outcome` is a status's spec name (the firmware answers it; the driver returns EIO), or
+        TIMEOUT: the command never completes, the driver gives up (ETIMEDOUT) and, as Linux does,
+        disables the PSP, so every later command gets EBUSY until the host is restarted.
+        """
+        if outcome != "TIMEOUT" and outcome not in status.FirmwareStatus.__members__:
+            raise ValueError(f"unknown outcome {outcome!r}: a status name (e.g. INVALID_ASID) or TIMEOUT")
+        with exclusive(self.dir / "lock"):
+            path = self.dir / "inject.json"
+            table = read_json(path) if path.exists() else {}
+            table[command] = {"outcome": outcome, "count": count}
+            write_json(path, table)
+
+    def clear_failures(self) -> None:
+        with exclusive(self.dir / "lock"):
+            (self.dir / "inject.json").unlink(missing_ok=True)
+            (self.dir / "disabled").unlink(missing_ok=True)
+
+    def _injected_failure(self, fw: Firmware, name: str) -> None:
+        if (self.dir / "disabled").exists():
+            raise _Errno(errno.EBUSY)
+        path = self.dir / "inject.json"
+        if not path.exists():
+            return
+        table = read_json(path)
+        entry = table.get(name)
+        if entry is None:
+            return
+        entry["count"] -= 1
+        if entry["count"] <= 0:
+            del table[name]
+        write_json(path, table)
+        if entry["outcome"] == "TIMEOUT":
+            (self.dir / "disabled").touch()
+            raise _Errno(errno.ETIMEDOUT)
+        raise status.error_class(status.FirmwareStatus[entry["outcome"]])(name)
 
     # -- the driver's platform commands (SEV_ISSUE_CMD) -----------------------------------------------------
 
