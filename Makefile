@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Debian's own python3 with system site-packages: python3-gi (umockdev's bindings) comes from Debian.
 SYSTEM_PYTHON := /usr/bin/python3
 APT_PACKAGES := python3 python3-venv python3-dev python3-gi gcc pkg-config libffi-dev linux-libc-dev \
-	libsystemd-dev umockdev gir1.2-umockdev-1.0 xenstore-utils ovmf
+	libsystemd-dev umockdev gir1.2-umockdev-1.0 xenstore-utils ovmf libxenmisc4.17 systemd
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps venv demo test lint bench clean
