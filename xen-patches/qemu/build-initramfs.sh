@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Build the two initramfs images the QEMU boot check uses:
+#   OUT/dom0.cpio.gz   busybox, Xen's Dom0 modules, Debian's xenstored/xl/xen-init-dom0/xenconsoled
+#                      (xen-utils-4.17) and xenstore-utils with their libraries, the sev-domctl test
+#                      program, and the PVH guest (kernel, initramfs, cfg)
+#   OUT/guest.cpio.gz  busybox and an init that prints a marker and powers off
+# usage: build-initramfs.sh OUT XEN_TREE KERNEL MODULES_DIR
+#   XEN_TREE: the patched Xen source tree (its public headers build sev-domctl)
+set -euo pipefail
+
+out=$(realpath -m "$1"); tree=$(realpath "$2"); kernel=$3; moddir=$4
+here=$(cd "$(dirname "$0")" && pwd)
+XENBIN=/usr/lib/xen-4.17/bin
+
+rm -rf "$out/dom0" "$out/guest"
+mkdir -p "$out/dom0" "$out/guest"
+
+# Copy an executable and every shared library it needs, keeping their paths.
+copy_with_libs() {
+    local root=$1; shift
+    local f lib
+    for f in "$@"; do
+        install -D -m 0755 "$f" "$root$f"
+        for lib in $(ldd "$f" | awk '/=> \//{print $3} /^\t\/lib/{print $1}'); do
+            [ -e "$root$lib" ] || install -D -m 0755 "$(realpath "$lib")" "$root$lib"
+        done
+    done
+}
+
+base_tree() {
+    local root=$1
+    mkdir -p "$root"/{bin,sbin,proc,sys,dev,etc,tmp,run,var/log,var/lib,usr/bin,root}
+    install -m 0755 /bin/busybox "$root/bin/busybox"
+}
+
+# ---- guest
+base_tree "$out/guest"
+install -m 0755 "$here/guest-init" "$out/guest/init"
+(cd "$out/guest" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/guest.cpio.gz"
+
+# ---- Dom0
+root=$out/dom0
+base_tree "$root"
+install -m 0755 "$here/dom0-init" "$root/init"
+mkdir -p "$root/modules"
+for m in xen-evtchn xen-privcmd xenfs/xenfs xen-gntdev xen-gntalloc; do
+    src=$(ls "$moddir/kernel/drivers/xen/$m".ko* | head -1)
+    case $src in
+        *.xz) xz -dc "$src" > "$root/modules/$(basename "$m").ko" ;;
+        *) cp "$src" "$root/modules/$(basename "$m").ko" ;;
+    esac
+done
+
+copy_with_libs "$root" $XENBIN/xenstored $XENBIN/xl $XENBIN/xen-init-dom0 $XENBIN/xenconsoled \
+    /usr/bin/xenstore
+for t in read write ls list rm exists; do ln -sf xenstore "$root/usr/bin/xenstore-$t"; done
+# xl dlopen()s libgcc_s for pthread_cancel unwinding; ldd cannot see it.
+libgcc=$(realpath /lib/x86_64-linux-gnu/libgcc_s.so.1)
+install -D -m 0755 "$libgcc" "$root/lib/x86_64-linux-gnu/libgcc_s.so.1"
+
+# The domctl test program, against the patched public header.
+gcc -O2 -Wall -Werror -I"$tree/xen/include" -o "$out/sev-domctl" "$here/sev-domctl.c" -l:libxencall.so.1
+copy_with_libs "$root" "$out/sev-domctl"
+mv "$root$out/sev-domctl" "$root/usr/bin/sev-domctl"
+
+mkdir -p "$root/guest"
+cp "$kernel" "$root/guest/vmlinuz"
+cp "$out/guest.cpio.gz" "$root/guest/initrd.cpio.gz"
+cp "$here/pvh.cfg" "$here/pvh-stub.cfg" /usr/lib/xen-4.17/boot/xen-shim "$root/guest/"
+
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/dom0.cpio.gz"
+ls -la "$out/dom0.cpio.gz" "$out/guest.cpio.gz"
