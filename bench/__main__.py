@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bench import update_data
+from bench import daemon, update_data
 
-BENCHES = [update_data.run]
+BENCHES = [update_data.run, daemon.run]
 
 
 def main() -> None:

@@ -31,10 +31,11 @@ def wait_for(predicate, timeout=30.0, what="condition"):
 
 
 class Harness:
-    def __init__(self, root: Path, **host_options):
+    def __init__(self, root: Path, persist: bool = True, **host_options):
         self.root = root
         self.host = SimulatedHost.create(root, **host_options)
-        self.xenstored = XenstoredStandIn(str(root / "xenstored.sock"), str(root / "xenstored.json")).start()
+        store = str(root / "xenstored.json") if persist else None
+        self.xenstored = XenstoredStandIn(str(root / "xenstored.sock"), store).start()
         self.xs = Xenstore(str(root / "xenstored.sock"))
         self.toolstack = SimulatedToolstack(root, self.xs)
         self.daemon: subprocess.Popen | None = None

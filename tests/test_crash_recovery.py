@@ -4,6 +4,7 @@ Afterwards every guest ends running, or decommissioned with its error node set; 
 PSP's contexts equal the daemon's journal; no ASID is held twice and none is reused unflushed.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from daemon_harness import Harness, wait_for
 from sevd.abi.certs import SevCert
 from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy
+from sevd.daemon.records import RecordStore
 from sevd.owner.secret import package_secret
 from sevd.owner.session import make_session
 from sevd.platform import Platform
@@ -66,7 +68,7 @@ def drive_to_running(h, domid, session):
 
 
 def journal(h):
-    return [json.loads(p.read_text()) for p in (h.root / "sevd-state" / "guests").glob("*.json")]
+    return [dataclasses.asdict(r) for r in RecordStore(h.root / "sevd-state").load_all()]
 
 
 def assert_consistent(h):

@@ -79,10 +79,12 @@ def test_duplicate_name_and_unknown_domain_refused(xen):
 
 def test_guest_ranges_trim_to_the_bytes_asked(xen, tmp_path):
     domid = xen.create_domain("r", 1, b"")
-    dom = xen.domains()[domid]
-    ranges = xen.guest_ranges(domid, 70 * PAGE - 32, PAGE)  # crosses the chunk hole at page 64
+    ranges = xen.guest_ranges(domid, 70 * PAGE - 32, PAGE)  # starts 32 bytes before guest page 70
     assert sum(n for _, n in ranges) == PAGE
-    assert ranges[0][0] == dom["frames"][69] * PAGE + PAGE - 32
+    assert ranges[0][0] == xen.machine_frame(domid, 69) * PAGE + PAGE - 32
+    across = xen.guest_ranges(domid, 64 * PAGE - 16, 32)  # crosses the hole after the first 64-page chunk
+    assert [n for _, n in across] == [16, 16]
+    assert across[1][0] == xen.machine_frame(domid, 64) * PAGE != xen.machine_frame(domid, 63) * PAGE + PAGE
     with pytest.raises(HypervisorError, match="outside its memory"):
         xen.guest_ranges(domid, 256 * PAGE - 16, 32)
 

@@ -87,7 +87,7 @@ class Daemon:
         self._active: set[int] = set()
         self._again: set[int] = set()
         self._asid_lock = threading.Lock()
-        self.xenstore_round_trips = 0
+        self._published: dict[str, str] = {}  # platform values last written, to write only changes
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -101,9 +101,13 @@ class Daemon:
         return fields
 
     def _write(self, domid: int, values: dict[str, str]) -> None:
+        """One node: a plain write; several: one transaction, so readers see them together."""
         assert self.xs is not None
-        self.xenstore_round_trips += 1
-        self.xs.write_many(proto.guest_path(domid), values)
+        if len(values) == 1:
+            ((key, value),) = values.items()
+            self.xs.write(proto.guest_path(domid, key), value)
+        else:
+            self.xs.write_many(proto.guest_path(domid), values)
 
     # -- the main loop -------------------------------------------------------------------------------------
 
@@ -146,6 +150,7 @@ class Daemon:
         if self.xs is not None:
             self.xs.close()
         self.xs = Xenstore(self.config.xenstore_socket)
+        self._published = {}
         for path in (proto.ROOT, proto.GUESTS):
             if self.xs.read(path) is None:
                 self.xs.write(path, "")
@@ -287,11 +292,12 @@ class Daemon:
         """Accept a new request generation (validated) or return the current record."""
         assert self.xs is not None
         base = proto.guest_path(domid)
-        request = self.xs.read_dir(f"{base}/request")
-        ack = self.xs.read(f"{base}/ack")
-        generation = request.get("generation")
-        if generation is None or generation == ack:
+        generation = self.xs.read(f"{base}/request/generation")
+        if generation is None or (rec is not None and str(rec.generation) == generation):
             return rec
+        if generation == self.xs.read(f"{base}/ack"):
+            return rec
+        request = self.xs.read_dir(f"{base}/request")
         if rec is not None:
             msg = f"domain {domid} already has a launch (generation {rec.generation}); destroy it first"
             self._write(domid, {"ack": generation, "error": proto.error_text("INVALID_REQUEST", msg)})
@@ -314,7 +320,9 @@ class Daemon:
             image_size=req.image_size,
         )
         self.records.save(rec)
-        self._write(domid, {"ack": generation, "state": "queued"})
+        rec.state = "launching"
+        self.records.save(rec)
+        self._write(domid, {"ack": generation, "state": "launching"})
         return rec
 
     # -- the launch ----------------------------------------------------------------------------------------
@@ -350,12 +358,15 @@ class Daemon:
 
     def launch(self, rec: GuestRecord) -> None:
         domid = rec.domid
-        rec.state = "launching"
-        self._write(domid, {"state": "launching"})
+        if rec.state != "launching":
+            rec.state = "launching"
+            self._write(domid, {"state": "launching"})
         try:
             while (step := self._next_launch_step(rec)) is not None:
+                announce = step != rec.step  # one `step` write per step, not per UPDATE_DATA range
                 self._launch_step(rec, step)
-                self._write(domid, {"step": step if step != "UPDATE_DATA" else f"UPDATE_DATA {rec.ranges_done}"})
+                if announce:
+                    self._write(domid, {"step": step})
         except FirmwareError as err:
             self.fail(rec, err.name, str(err))
             return
@@ -603,7 +614,13 @@ class Daemon:
             "es": "1" if st.es else "0",
             "guests": str(st.guests),
         }
-        self.xs.write_many(proto.PLATFORM, values)
+        changed = {k: v for k, v in values.items() if self._published.get(k) != v}
+        if len(changed) == 1:
+            ((key, value),) = changed.items()
+            self.xs.write(f"{proto.PLATFORM}/{key}", value)
+        elif changed:
+            self.xs.write_many(proto.PLATFORM, changed)
+        self._published.update(changed)
         notify(STATUS=self._status_line())
 
 

@@ -124,11 +124,12 @@ class SimulatedXen:
             state = self._load()
             if any(d["name"] == name for d in state["domains"].values()):
                 raise HypervisorError(f"a domain named {name!r} already exists")
-            frames: list[int] = []
-            cursor = state["next_free_page"]
-            while len(frames) < pages:
-                take = min(self.CHUNK_PAGES, pages - len(frames))
-                frames.extend(range(cursor, cursor + take))
+            runs: list[list[int]] = []  # [first mfn, count] in guest-frame order: small JSON at any size
+            allocated, cursor = 0, state["next_free_page"]
+            while allocated < pages:
+                take = min(self.CHUNK_PAGES, pages - allocated)
+                runs.append([cursor, take])
+                allocated += take
                 cursor += take + 1  # leave a hole: physically discontiguous on purpose
             if cursor > state["memory_pages"]:
                 raise HypervisorError(f"out of simulated memory for {memory_mb} MiB (raise the host's memory size)")
@@ -139,8 +140,8 @@ class SimulatedXen:
             state["domains"][str(domid)] = {
                 "name": name,
                 "memory_mb": memory_mb,
-                "frames": frames,
-                "image_frames": frames[-image_pages:] if image_pages else [],
+                "frame_runs": runs,
+                "pages": pages,
                 "image_gpa": (pages - image_pages) * PAGE,
                 "image_size": len(image),
                 "paused": True,
@@ -150,13 +151,16 @@ class SimulatedXen:
                 "has_run": False,
             }
             self._save(state)
-        memory = PhysicalMemory(self.host / "memory.img")
-        try:
-            padded = image + bytes(image_pages * PAGE - len(image))
-            for (spa, length), offset in _runs_with_offsets(coalesce(frames[-image_pages:])):
-                memory.write(spa, padded[offset : offset + length])
-        finally:
-            memory.close()
+        if image:
+            memory = PhysicalMemory(self.host / "memory.img")
+            try:
+                padded = image + bytes(image_pages * PAGE - len(image))
+                for (spa, length), offset in _runs_with_offsets(
+                    self.guest_ranges(domid, (pages - image_pages) * PAGE, len(padded))
+                ):
+                    memory.write(spa, padded[offset : offset + length])
+            finally:
+                memory.close()
         return domid
 
     def unpause(self, domid: int) -> None:
@@ -208,14 +212,26 @@ class SimulatedXen:
             return SevDomain(domid, asid, self.CBIT)
 
     def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
-        return coalesce(self._domain(self._load(), domid)["image_frames"])
+        dom = self._domain(self._load(), domid)
+        size = -(-dom["image_size"] // PAGE) * PAGE  # whole pages, as the image was loaded
+        return self.guest_ranges(domid, dom["image_gpa"], size) if size else []
+
+    def machine_frame(self, domid: int, gfn: int) -> int:
+        """The machine frame backing guest frame `gfn` (what a P2M lookup answers)."""
+        return next(iter(_mfn_runs(self._domain(self._load(), domid)["frame_runs"], gfn, 1)))[0]
 
     def guest_ranges(self, domid: int, gpa: int, length: int) -> list[tuple[int, int]]:
-        frames = self._domain(self._load(), domid)["frames"]
-        if gpa < 0 or length <= 0 or gpa + length > len(frames) * PAGE:
+        dom = self._domain(self._load(), domid)
+        if gpa < 0 or length <= 0 or gpa + length > dom["pages"] * PAGE:
             raise HypervisorError(f"domain {domid}: [{gpa:#x}, +{length:#x}) is outside its memory")
         first, last = gpa // PAGE, (gpa + length - 1) // PAGE
-        runs = coalesce(frames[first : last + 1])
+        runs: list[tuple[int, int]] = []
+        for mfn, count in _mfn_runs(dom["frame_runs"], first, last - first + 1):
+            spa = mfn * PAGE
+            if runs and runs[-1][0] + runs[-1][1] == spa:
+                runs[-1] = (runs[-1][0], runs[-1][1] + count * PAGE)
+            else:
+                runs.append((spa, count * PAGE))
         # Trim the first and last page to the bytes asked for.
         head = gpa % PAGE
         runs[0] = (runs[0][0] + head, runs[0][1] - head)
@@ -247,6 +263,18 @@ class SimulatedXen:
             state = self._load()
             state["dirty_asids"] = [a for a in state["dirty_asids"] if a not in set(asids)]
             self._save(state)
+
+
+def _mfn_runs(frame_runs: list[list[int]], first_gfn: int, count: int):
+    """(mfn, n) pieces covering guest frames [first_gfn, first_gfn + count), in guest order."""
+    gfn = 0
+    for mfn, n in frame_runs:
+        lo, hi = max(gfn, first_gfn), min(gfn + n, first_gfn + count)
+        if lo < hi:
+            yield mfn + (lo - gfn), hi - lo
+        gfn += n
+        if gfn >= first_gfn + count:
+            return
 
 
 def _runs_with_offsets(runs: list[tuple[int, int]]):

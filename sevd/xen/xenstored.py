@@ -330,6 +330,7 @@ class XenstoredStandIn:
         self._pending_out: set[Connection] = set()
         self._dirty = False
         self.saves = 0
+        self.requests = 0  # every request answered, for round-trip accounting in benchmarks
         self._servers: list[asyncio.AbstractServer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -441,6 +442,7 @@ class XenstoredStandIn:
     # ------------------------------------------------------------------ dispatch
 
     def _handle(self, conn: Connection, msg: wire.Message) -> None:
+        self.requests += 1
         try:
             handler = _HANDLERS.get(msg.type)
             if handler is None:

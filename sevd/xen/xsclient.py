@@ -49,7 +49,7 @@ class Xenstore:
     def read(self, path: str) -> str | None:
         with self._lock:
             try:
-                return self.client.read(path.encode()).decode()
+                return self.client.read(path.encode()).decode(errors="replace")  # validation names bad bytes
             except pyxs.PyXSError as exc:
                 if _is_absent(exc):
                     return None

@@ -1,0 +1,317 @@
+"""The real hypervisor backend: XEN_DOMCTL_sev_op of our Xen patches, reached through libxencall.
+
+`DomctlXen` answers the same calls as `SimulatedXen` (sevd/xen/hypervisor.py): make_sev_domain,
+boot_image_ranges, enable_sev, asids_flushed; plus info() and check_spa().  It talks to Xen with
+Debian's libxencall (`libxencall.so.1`, stable ABI) in cffi ABI mode: no Xen headers are needed.
+
+The domctl layout below is this project's one definition of it in Python; it must match the public
+header the Xen patches add (xen-patches/xen, xen/include/public/domctl.h), which
+tests/test_xen_domctl.py checks byte for byte.  A real hypercall needs Dom0 on the patched Xen:
+nothing here can run one in CI; the tests drive this module with a stand-in for libxencall.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno as errno_mod
+from collections.abc import Callable
+from typing import Any
+
+from cffi import FFI
+
+from sevd.xen.hypervisor import HypervisorError, SevDomain
+
+PAGE = 4096
+
+# Xen 4.17's domctl interface version; the patches keep it, so Debian's tools still work.
+XEN_DOMCTL_INTERFACE_VERSION = 0x00000015
+HYPERVISOR_DOMCTL = 36  # __HYPERVISOR_domctl
+XEN_DOMCTL_SEV_OP = 87  # XEN_DOMCTL_sev_op
+DOMID_INVALID = 0x7FF4
+
+# Sub-ops (struct xen_domctl_sev_op.op).
+SEV_INFO = 0
+SEV_MAKE_SEV = 1
+SEV_GET_RANGES = 2
+SEV_ENABLE = 3
+SEV_ASID_FLUSHED = 4
+SEV_CHECK_SPA = 5
+
+# Flags.
+SEV_FLAG_ES = 1 << 0  # XEN_DOMCTL_SEV_ES (MAKE_SEV)
+SEV_INFO_AVAILABLE = 1 << 0
+SEV_INFO_TEST_MODE = 1 << 1
+SEV_INFO_ES = 1 << 2
+
+# Xen's limits per call.
+RANGES_MAX_FRAMES = 1024
+FLUSHED_MAX = 4096
+CHECK_MAX = 16 << 20
+
+# Guest handles (XEN_GUEST_HANDLE_64) are 64-bit addresses of hypercall buffers on x86-64.
+CDEF = """
+typedef uint16_t domid_t;
+
+struct xen_sev_range {
+    uint64_t spa;
+    uint64_t len;
+};
+
+struct xen_domctl_sev_info {
+    uint32_t flags;
+    uint32_t cbit;
+    uint32_t phys_reduction;
+    uint32_t max_asid;
+    uint32_t min_sev_asid;
+    uint32_t nr_dirty;
+    uint64_t dirty;
+};
+
+struct xen_domctl_sev_make {
+    uint32_t asid;
+    uint32_t cbit;
+};
+
+struct xen_domctl_sev_ranges {
+    uint64_t gfn;
+    uint32_t nr_frames;
+    uint32_t nr_ranges;
+    uint64_t ranges;
+};
+
+struct xen_domctl_sev_flushed {
+    uint32_t nr_asids;
+    uint32_t pad;
+    uint64_t asids;
+};
+
+struct xen_domctl_sev_check {
+    uint32_t asid;
+    uint32_t pad;
+    uint64_t spa;
+    uint64_t len;
+};
+
+struct xen_domctl_sev_op {
+    uint32_t op;
+    uint32_t flags;
+    union {
+        struct xen_domctl_sev_info info;
+        struct xen_domctl_sev_make make;
+        struct xen_domctl_sev_ranges ranges;
+        struct xen_domctl_sev_flushed flushed;
+        struct xen_domctl_sev_check check;
+    } u;
+};
+
+struct xen_domctl {
+    uint32_t cmd;
+    uint32_t interface_version;
+    domid_t domain;
+    uint16_t _pad[3];
+    union {
+        struct xen_domctl_sev_op sev_op;
+        uint8_t pad[128];
+    } u;
+};
+
+typedef struct xencall_handle xencall_handle;
+xencall_handle *xencall_open(void *logger, unsigned int open_flags);
+int xencall_close(xencall_handle *xcall);
+int xencall1(xencall_handle *xcall, unsigned int op, uint64_t arg1);
+void *xencall_alloc_buffer(xencall_handle *xcall, size_t size);
+void xencall_free_buffer(xencall_handle *xcall, void *p);
+"""
+
+ffi = FFI()
+ffi.cdef(CDEF)
+
+DOMCTL_SIZE = ffi.sizeof("struct xen_domctl")
+
+# What Xen's refusals mean for the daemon (Xen logs the detailed reason on its console).
+_ERRNO_HINTS = {
+    errno_mod.EBUSY: "the domain has already run; SEV must be set before its first VMRUN",
+    errno_mod.EOPNOTSUPP: "not supported here (SEV unavailable on this host, or SEV-ES ENABLE)",
+    errno_mod.ENOSPC: "no clean ASID left in the range (dirty ones await DF_FLUSH)",
+    errno_mod.ESRCH: "no such domain (or no SEV domain with that ASID)",
+    errno_mod.EINVAL: "refused: not an HVM/PVH guest with HAP, not an SEV domain, or not guest RAM",
+    errno_mod.EPERM: "not permitted (Dom0 only), or the memory is not the SEV guest's",
+    errno_mod.EACCES: "domctl interface version mismatch: this Xen is not 4.17",
+    errno_mod.ENOSYS: "this Xen lacks the SEV patches (XEN_DOMCTL_sev_op unknown)",
+    errno_mod.E2BIG: "too many frames pinned or ASIDs listed in one call",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SevInfo:
+    available: bool
+    test_mode: bool
+    es: bool
+    cbit: int
+    phys_reduction: int
+    max_asid: int
+    min_sev_asid: int
+    dirty: tuple[int, ...]
+
+
+def ovmf_layout(image_size: int = 2 << 20) -> Callable[[int], tuple[int, int]]:
+    """Boot image at the top of the guest's first 4 GiB (where OVMF lives), as the simulated Xen places it."""
+    frames = -(-image_size // PAGE)
+    return lambda domid: ((1 << 32) // PAGE - frames, frames)
+
+
+class DomctlXen:
+    """XEN_DOMCTL_sev_op over libxencall.
+
+    `lib` is the libxencall library (loaded with cffi's dlopen when not given); tests pass a stand-in
+    with the same five functions.  `image_frames(domid) -> (first_gfn, nr_frames)` says where the
+    toolstack put the boot image in guest-frame space (default: OVMF's place, 2 MiB below 4 GiB).
+    """
+
+    def __init__(self, lib: Any = None, image_frames: Callable[[int], tuple[int, int]] | None = None):
+        self.lib = lib if lib is not None else ffi.dlopen("libxencall.so.1")
+        self.image_frames = image_frames or ovmf_layout()
+        self.handle = self.lib.xencall_open(ffi.NULL, 0)
+        if self.handle == ffi.NULL:
+            raise HypervisorError(
+                f"cannot open Xen's privcmd interface ({errno_mod.errorcode.get(ffi.errno, ffi.errno)}): "
+                "not running in Dom0 of a Xen host?"
+            )
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.lib.xencall_close(self.handle)
+            self.handle = None
+
+    # -- the hypercall ----------------------------------------------------------------------------------
+
+    def _buffer(self, ctype: str, count: int) -> Any:
+        raw = self.lib.xencall_alloc_buffer(self.handle, max(ffi.sizeof(ctype) * count, 1))
+        if raw == ffi.NULL:
+            raise HypervisorError("libxencall could not allocate a hypercall buffer")
+        return ffi.cast(f"{ctype} *", raw)
+
+    def _free(self, buf: Any) -> None:
+        self.lib.xencall_free_buffer(self.handle, buf)
+
+    def _sev_op(self, domid: int, op: int, what: str, fill: Callable[[Any], None] | None = None, flags: int = 0):
+        """Issue one sub-op; returns a copy of the struct xen_domctl as Xen left it."""
+        domctl = self._buffer("struct xen_domctl", 1)
+        try:
+            ffi.memmove(domctl, bytes(DOMCTL_SIZE), DOMCTL_SIZE)
+            domctl.cmd = XEN_DOMCTL_SEV_OP
+            domctl.interface_version = XEN_DOMCTL_INTERFACE_VERSION
+            domctl.domain = domid
+            domctl.u.sev_op.op = op
+            domctl.u.sev_op.flags = flags
+            if fill is not None:
+                fill(domctl.u.sev_op.u)
+            rc = self.lib.xencall1(self.handle, HYPERVISOR_DOMCTL, int(ffi.cast("uintptr_t", domctl)))
+            if rc < 0:
+                err = ffi.errno
+                name = errno_mod.errorcode.get(err, str(err))
+                target = "" if domid == DOMID_INVALID else f" for domain {domid}"
+                raise HypervisorError(f"Xen refused {what}{target}: {name}: {_ERRNO_HINTS.get(err, 'see the Xen log')}")
+            out = ffi.new("struct xen_domctl *")
+            ffi.memmove(out, domctl, DOMCTL_SIZE)
+            return out
+        finally:
+            self._free(domctl)
+
+    # -- the Hypervisor protocol ------------------------------------------------------------------------
+
+    def info(self) -> SevInfo:
+        room = 1024
+        dirty = self._buffer("uint32_t", room)
+        try:
+
+            def fill(u):
+                u.info.nr_dirty = room
+                u.info.dirty = int(ffi.cast("uintptr_t", dirty))
+
+            out = self._sev_op(DOMID_INVALID, SEV_INFO, "INFO", fill).u.sev_op.u.info
+            return SevInfo(
+                available=bool(out.flags & SEV_INFO_AVAILABLE),
+                test_mode=bool(out.flags & SEV_INFO_TEST_MODE),
+                es=bool(out.flags & SEV_INFO_ES),
+                cbit=out.cbit,
+                phys_reduction=out.phys_reduction,
+                max_asid=out.max_asid,
+                min_sev_asid=out.min_sev_asid,
+                dirty=tuple(dirty[i] for i in range(min(out.nr_dirty, room))),
+            )
+        finally:
+            self._free(dirty)
+
+    def make_sev_domain(self, domid: int, es: bool) -> SevDomain:
+        out = self._sev_op(domid, SEV_MAKE_SEV, "MAKE_SEV", flags=SEV_FLAG_ES if es else 0)
+        make = out.u.sev_op.u.make
+        return SevDomain(domid, make.asid, make.cbit)
+
+    def guest_ranges(self, domid: int, gfn: int, nr_frames: int) -> list[tuple[int, int]]:
+        """System-physical (start, length) runs of guest frames gfn..gfn+nr_frames-1, coalesced; Xen pins them."""
+        runs: list[tuple[int, int]] = []
+        room = RANGES_MAX_FRAMES
+        ranges = self._buffer("struct xen_sev_range", room)
+        try:
+            while nr_frames > 0:
+                ask = min(nr_frames, RANGES_MAX_FRAMES)
+
+                def fill(u, gfn=gfn, ask=ask):
+                    u.ranges.gfn = gfn
+                    u.ranges.nr_frames = ask
+                    u.ranges.nr_ranges = room
+                    u.ranges.ranges = int(ffi.cast("uintptr_t", ranges))
+
+                out = self._sev_op(domid, SEV_GET_RANGES, "GET_RANGES", fill).u.sev_op.u.ranges
+                if out.nr_frames == 0 or out.nr_frames > ask:
+                    raise HypervisorError(f"GET_RANGES for domain {domid} covered {out.nr_frames} of {ask} frames")
+                for i in range(out.nr_ranges):
+                    spa, length = ranges[i].spa, ranges[i].len
+                    if runs and runs[-1][0] + runs[-1][1] == spa:  # contiguous across calls
+                        runs[-1] = (runs[-1][0], runs[-1][1] + length)
+                    else:
+                        runs.append((spa, length))
+                gfn += out.nr_frames
+                nr_frames -= out.nr_frames
+            return runs
+        finally:
+            self._free(ranges)
+
+    def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
+        gfn, frames = self.image_frames(domid)
+        return self.guest_ranges(domid, gfn, frames)
+
+    def enable_sev(self, domid: int) -> None:
+        self._sev_op(domid, SEV_ENABLE, "ENABLE")
+
+    def asids_flushed(self, asids: list[int]) -> None:
+        for start in range(0, len(asids), FLUSHED_MAX):
+            chunk = asids[start : start + FLUSHED_MAX]
+            count = len(chunk)
+            buf = self._buffer("uint32_t", count)
+            try:
+                for i, asid in enumerate(chunk):
+                    buf[i] = asid
+
+                def fill(u, buf=buf, n=count):
+                    u.flushed.nr_asids = n
+                    u.flushed.asids = int(ffi.cast("uintptr_t", buf))
+
+                self._sev_op(DOMID_INVALID, SEV_ASID_FLUSHED, "ASID_FLUSHED", fill)
+            finally:
+                self._free(buf)
+
+    def check_spa(self, asid: int, spa: int, length: int) -> None:
+        """What Dom0's kernel asks before the PSP touches guest memory: is this RAM of the SEV guest with `asid`?"""
+        while length > 0:
+            n = min(length, CHECK_MAX)
+
+            def fill(u, spa=spa, n=n):
+                u.check.asid = asid
+                u.check.spa = spa
+                u.check.len = n
+
+            self._sev_op(DOMID_INVALID, SEV_CHECK_SPA, "CHECK_SPA", fill)
+            spa += n
+            length -= n
