@@ -88,6 +88,7 @@ class Daemon:
         self._again: set[int] = set()
         self._asid_lock = threading.Lock()
         self._published: dict[str, str] = {}  # platform values last written, to write only changes
+        self._requests: dict[int, proto.LaunchRequest] = {}  # requests taken, until the guest is gone
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -234,6 +235,7 @@ class Daemon:
             if rec is not None:
                 self.teardown(rec)
                 self.records.delete(domid)
+                self._requests.pop(domid, None)
                 self.log.info("domain %d gone: decommissioned", domid, extra=self._fields(rec))
                 self.publish_platform()
             self.xs.rm(base)
@@ -310,6 +312,7 @@ class Daemon:
                 domid, {"ack": generation, "state": "error", "error": proto.error_text("INVALID_REQUEST", str(exc))}
             )
             return None
+        self._requests[domid] = req
         rec = GuestRecord(
             domid=domid,
             generation=req.generation,
@@ -431,9 +434,11 @@ class Daemon:
             )
 
     def _session_from_xenstore(self, domid: int) -> tuple[bytes | None, bytes | None]:
-        assert self.xs is not None
-        request = self.xs.read_dir(proto.guest_path(domid, "request"))
-        req = proto.LaunchRequest.parse(domid, request)
+        """The owner's session, as parsed when the request was taken (re-read after a restart)."""
+        req = self._requests.get(domid)
+        if req is None:
+            assert self.xs is not None
+            req = proto.LaunchRequest.parse(domid, self.xs.read_dir(proto.guest_path(domid, "request")))
         return req.godh, req.session
 
     def make_sev_domain(self, domid: int, es: bool):
