@@ -54,6 +54,7 @@ done
 copy_with_libs "$root" $XENBIN/xenstored $XENBIN/xl $XENBIN/xen-init-dom0 $XENBIN/xenconsoled \
     /usr/bin/xenstore
 for t in read write ls list rm exists; do ln -sf xenstore "$root/usr/bin/xenstore-$t"; done
+mkdir -p "$root/etc/xen" && : > "$root/etc/xen/xl.conf"   # xl warns when it is missing
 # xl dlopen()s libgcc_s for pthread_cancel unwinding; ldd cannot see it.
 libgcc=$(realpath /lib/x86_64-linux-gnu/libgcc_s.so.1)
 install -D -m 0755 "$libgcc" "$root/lib/x86_64-linux-gnu/libgcc_s.so.1"
