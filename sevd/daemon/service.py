@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pyxs
+
 from sevd.abi.commands import GuestState as FwGuestState
 from sevd.abi.policy import Policy
 from sevd.abi.status import FirmwareError
@@ -218,6 +220,9 @@ class Daemon:
         while True:
             try:
                 self.reconcile(domid)
+            except (XenstoreError, pyxs.PyXSError, OSError) as exc:
+                # xenstored went away mid-pass; the main loop reconnects and reconciles every domain again.
+                self.log.warning("domain %d: xenstore failed mid-reconcile (%s); retried after reconnect", domid, exc)
             except Exception:  # noqa: BLE001 - one guest's bug must not stop the others
                 self.log.exception("domain %d: reconcile failed", domid, extra={"SEV_DOMID": domid})
             with self._poke_lock:
@@ -263,8 +268,13 @@ class Daemon:
         if rec.state in ("queued", "launching"):
             self.launch(rec)
         elif self.xs.read(f"{base}/state") != rec.state:
-            # The journal is ahead of xenstore (a crash between the two): publish what is true.
-            self._write(domid, {"state": rec.state, **({"error": rec.error} if rec.error else {})})
+            # The journal is ahead of xenstore (a crash or a lost connection between the two): publish it.
+            if rec.state in ("measured", "running"):
+                self._publish_measured(rec)
+            else:
+                self._write(domid, {"state": rec.state, **({"error": rec.error} if rec.error else {})})
+        if rec.state == "measured" and not rec.attest:
+            self.finish(rec)  # the pass that measured it did not get that far
         if rec.state == "measured" and command == proto.Command.INJECT_SECRET:
             injected = self.inject_secret(rec)
             self._consume_command(domid, command)
@@ -331,20 +341,35 @@ class Daemon:
     # -- the launch ----------------------------------------------------------------------------------------
 
     def _journal(
-        self, rec: GuestRecord, step: str, action: Callable[[], Any], apply: Callable[[Any], None] | None = None
+        self,
+        rec: GuestRecord,
+        step: str,
+        action: Callable[[], Any],
+        apply: Callable[[Any], None] | None = None,
+        *,
+        psp: bool = True,
     ):
-        """Persist `pending` before the command and the result after it: a crash between is recoverable."""
+        """Persist `pending` before the command and the result after it: a crash between is recoverable.
+
+        A PSP command and its "after" record form one item on the PSP queue, so no other command
+        runs between them: a handle the firmware frees (DECOMMISSION) or hands out (LAUNCH_START)
+        is on disk before any other guest's command could reuse it.
+        """
         rec.pending = step
         self.records.save(rec)
         fault_point("before", step)
-        result = action()
-        fault_point("after", step)
-        if apply is not None:
-            apply(result)
-        rec.pending = None
-        rec.step = step
-        self.records.save(rec)
-        return result
+
+        def run() -> Any:
+            result = action()
+            fault_point("after", step)
+            if apply is not None:
+                apply(result)
+            rec.pending = None
+            rec.step = step
+            self.records.save(rec)
+            return result
+
+        return self.psp(run) if psp else run()
 
     def _next_launch_step(self, rec: GuestRecord) -> str | None:
         if rec.step == "NEW":
@@ -381,9 +406,16 @@ class Daemon:
             return
         rec.state = "measured"
         self.records.save(rec)
+        self._publish_measured(rec)
+        self.log.info("domain %d measured", domid, extra=self._fields(rec))
+        if not rec.attest:
+            self.finish(rec)
+
+    def _publish_measured(self, rec: GuestRecord) -> None:
+        """What the owner needs to check the launch, with the journal's state (idempotent)."""
         st = self.platform_status()
         self._write(
-            domid,
+            rec.domid,
             {
                 "handle": str(rec.handle),
                 "asid": str(rec.asid),
@@ -391,45 +423,48 @@ class Daemon:
                 "build": str(st.build),
                 "policy": str(Policy(rec.policy)),
                 "measurement": rec.measurement or "",
-                "state": "measured",
+                "state": rec.state,
             },
         )
-        self.log.info("domain %d measured", domid, extra=self._fields(rec))
-        if not rec.attest:
-            self.finish(rec)
 
     def _launch_step(self, rec: GuestRecord, step: str) -> None:
         g = self.guest
         if step == "SEV_DOMAIN":
-            sev = self._journal(rec, step, lambda: self.make_sev_domain(rec.domid, rec.es))
-            rec.asid = sev.asid
+            # The result is applied before the journal's "after" record: nothing learnt may live only in memory.
+            self._journal(
+                rec,
+                step,
+                lambda: self.make_sev_domain(rec.domid, rec.es),
+                lambda sev: setattr(rec, "asid", sev.asid),
+                psp=False,
+            )
         elif step == "LAUNCH_START":
             godh, session = self._session_from_xenstore(rec.domid)
             kwargs = {"godh_cert": godh, "session": session} if godh else {}
             self._journal(
                 rec,
                 step,
-                lambda: self.psp(lambda: g.launch_start(Policy(rec.policy), **kwargs)),
+                lambda: g.launch_start(Policy(rec.policy), **kwargs),
                 lambda handle: setattr(rec, "handle", handle),
             )
         elif step == "ACTIVATE":
-            self._journal(rec, step, lambda: self.psp(g.activate, rec.handle, rec.asid))
+            self._journal(rec, step, lambda: g.activate(rec.handle, rec.asid))
         elif step == "SEV_ENABLED":
-            self._journal(rec, step, lambda: self.hv.enable_sev(rec.domid))
+            self._journal(rec, step, lambda: self.hv.enable_sev(rec.domid), psp=False)
         elif step == "UPDATE_DATA":
             ranges = self._ranges(rec)
             spa, length = ranges[rec.ranges_done]
             self._journal(
                 rec,
                 step,
-                lambda: self.psp(g.launch_update_data, rec.handle, spa, length),
+                lambda: g.launch_update_data(rec.handle, spa, length),
                 lambda _: setattr(rec, "ranges_done", rec.ranges_done + 1),
             )
         elif step == "MEASURE":
             self._journal(
                 rec,
                 step,
-                lambda: self.psp(g.launch_measure, rec.handle),
+                lambda: g.launch_measure(rec.handle),
                 lambda blob: setattr(rec, "measurement", base64.b64encode(blob).decode()),
             )
 
@@ -473,7 +508,7 @@ class Daemon:
             self._journal(
                 rec,
                 "SECRET",
-                lambda: self.psp(self.guest.launch_update_secret, rec.handle, packet.header, spa, packet.data),
+                lambda: self.guest.launch_update_secret(rec.handle, packet.header, spa, packet.data),
             )
             self.xs.rm(f"{base}/error")
             self.log.info("domain %d: secret injected (%d bytes)", rec.domid, len(packet.data), extra=self._fields(rec))
@@ -491,7 +526,7 @@ class Daemon:
 
     def finish(self, rec: GuestRecord) -> None:
         try:
-            self._journal(rec, "FINISH", lambda: self.psp(self.guest.launch_finish, rec.handle))
+            self._journal(rec, "FINISH", lambda: self.guest.launch_finish(rec.handle))
         except FirmwareError as err:
             self.fail(rec, err.name, str(err))
             return
@@ -519,10 +554,13 @@ class Daemon:
         status = self.psp(self.guest.guest_status, rec.handle)
         if status.state != FwGuestState.INVALID:
             if status.asid:
-                self._journal(rec, "DEACTIVATE", lambda: self.psp(self.guest.deactivate, rec.handle))
-            self._journal(rec, "DECOMMISSION", lambda: self.psp(self.guest.decommission, rec.handle))
-        rec.handle = 0
-        self.records.save(rec)
+                self._journal(rec, "DEACTIVATE", lambda: self.guest.deactivate(rec.handle))
+            self._journal(
+                rec, "DECOMMISSION", lambda: self.guest.decommission(rec.handle), lambda _: setattr(rec, "handle", 0)
+            )
+        elif rec.handle:  # already gone from the firmware (e.g. settled by recovery)
+            rec.handle = 0
+            self.records.save(rec)
 
     # -- recovery ------------------------------------------------------------------------------------------
 

@@ -13,9 +13,10 @@ import errno
 import queue
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pyxs
+from pyxs._internal import Op, Packet
 
 from sevd.errors import SevdError
 
@@ -139,16 +140,22 @@ class Xenstore:
             self._monitor = self.client.monitor()
             # When the connection dies, pyxs' router thread ends: wake next_event with a sentinel.
             router = self.client.router
-            threading.Thread(
-                target=lambda: (router.thread.join(), self._monitor.events.put(_LOST)),
-                name="xenstore-lost",
-                daemon=True,
-            ).start()
+            threading.Thread(target=self._on_router_exit, args=(router,), name="xenstore-lost", daemon=True).start()
         for i, path in enumerate(paths):
             token = f"sevd-{len(self._tokens) + i}"
             with self._lock:
                 self._monitor.watch(path.encode(), token.encode())
         self._tokens.extend(paths)
+
+    def _on_router_exit(self, router: Any) -> None:
+        """pyxs' router thread ended (connection gone): fail the requests still waiting for a reply
+        (pyxs would leave them blocked forever) and wake next_event."""
+        router.thread.join()
+        for rq_id, rvar in list(router.rvars.items()):
+            rvar.set(Packet(Op.ERROR, b"EIO\x00", rq_id=rq_id))
+        router.rvars.clear()
+        if self._monitor is not None:
+            self._monitor.events.put(_LOST)
 
     def next_event(self, timeout: float | None) -> str | None:
         """The path of the next watch event, or None after `timeout` seconds; raises XenstoreLost."""
