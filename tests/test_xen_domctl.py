@@ -113,12 +113,13 @@ def test_the_patch_defines_the_numbers_the_backend_uses():
     assert DEFINES["XEN_DOMCTL_SEV_ENABLE"] == dc.SEV_ENABLE
     assert DEFINES["XEN_DOMCTL_SEV_ASID_FLUSHED"] == dc.SEV_ASID_FLUSHED
     assert DEFINES["XEN_DOMCTL_SEV_CHECK_SPA"] == dc.SEV_CHECK_SPA
+    assert DEFINES["XEN_DOMCTL_SEV_WBINVD"] == dc.SEV_WBINVD
     assert DEFINES["XEN_DOMCTL_SEV_ES"] == dc.SEV_FLAG_ES
     assert DEFINES["XEN_SEV_INFO_AVAILABLE"] == dc.SEV_INFO_AVAILABLE
     assert DEFINES["XEN_SEV_INFO_TEST_MODE"] == dc.SEV_INFO_TEST_MODE
     assert DEFINES["XEN_SEV_INFO_ES"] == dc.SEV_INFO_ES
-    subops = ["INFO", "MAKE_SEV", "GET_RANGES", "ENABLE", "ASID_FLUSHED", "CHECK_SPA"]
-    assert sorted(DEFINES[f"XEN_DOMCTL_SEV_{n}"] for n in subops) == list(range(6))
+    subops = ["INFO", "MAKE_SEV", "GET_RANGES", "ENABLE", "ASID_FLUSHED", "CHECK_SPA", "WBINVD"]
+    assert sorted(DEFINES[f"XEN_DOMCTL_SEV_{n}"] for n in subops) == list(range(7))
 
 
 def test_the_patch_keeps_the_domctl_interface_version():
@@ -302,6 +303,12 @@ def test_asids_flushed_bytes():
     assert struct.unpack_from("<II", lib.calls[0], 24) == (2, 0)
 
 
+def test_wbinvd_bytes():
+    lib = FakeXencall(lambda d: 0)
+    dc.DomctlXen(lib).wbinvd_all()
+    assert lib.calls == [frame(0x7FF4, 6) + bytes(120)]
+
+
 def test_check_spa_bytes_and_chunks():
     lib = FakeXencall(lambda d: 0)
     dc.DomctlXen(lib).check_spa(4, 0x7A100000, (16 << 20) + 4096)
@@ -376,7 +383,7 @@ int main(void)
 )
 def test_layout_matches_the_compiled_patched_header(tmp_path):
     header = (CACHED_TREE / "xen" / "include" / "public" / "domctl.h").read_text()
-    if "XEN_DOMCTL_SEV_CHECK_SPA" not in header:
+    if "XEN_DOMCTL_SEV_WBINVD" not in header:
         pytest.skip("the cached tree predates this series; rerun make xen-check")
     src = tmp_path / "layout.c"
     src.write_text(C_PROGRAM)

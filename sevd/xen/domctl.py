@@ -36,6 +36,7 @@ SEV_GET_RANGES = 2
 SEV_ENABLE = 3
 SEV_ASID_FLUSHED = 4
 SEV_CHECK_SPA = 5
+SEV_WBINVD = 6
 
 # Flags.
 SEV_FLAG_ES = 1 << 0  # XEN_DOMCTL_SEV_ES (MAKE_SEV)
@@ -301,6 +302,11 @@ class DomctlXen:
                 self._sev_op(DOMID_INVALID, SEV_ASID_FLUSHED, "ASID_FLUSHED", fill)
             finally:
                 self._free(buf)
+
+    def wbinvd_all(self) -> None:
+        """WBINVD on every CPU.  The PSP's DEACTIVATE clears its record that WBINVD ran, so call this
+        after DEACTIVATE and before DF_FLUSH (which otherwise answers WBINVD_REQUIRED)."""
+        self._sev_op(DOMID_INVALID, SEV_WBINVD, "WBINVD")
 
     def check_spa(self, asid: int, spa: int, length: int) -> None:
         """What Dom0's kernel asks before the PSP touches guest memory: is this RAM of the SEV guest with `asid`?"""

@@ -13,6 +13,7 @@
  *   sev-domctl enable DOMID
  *   sev-domctl flushed ASID...
  *   sev-domctl check ASID SPA LEN
+ *   sev-domctl wbinvd
  *
  * Prints one line "SEV-<OP>: ..." per call; exit status 0 on success, 1 on a
  * refusal (the line then says "error <errno name> (<n>)").
@@ -192,6 +193,17 @@ static int do_check(uint32_t asid, uint64_t spa, uint64_t len)
     return 0;
 }
 
+static int do_wbinvd(void)
+{
+    struct xen_domctl d = { .domain = DOMID_INVALID };
+
+    d.u.sev_op.op = XEN_DOMCTL_SEV_WBINVD;
+    if ( sev_op(&d, "WBINVD") )
+        return 1;
+    printf("SEV-WBINVD: ok\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int rc = 2;
@@ -217,6 +229,8 @@ int main(int argc, char **argv)
         rc = do_enable(atoi(argv[2]));
     else if ( !strcmp(argv[1], "flushed") && argc >= 3 )
         rc = do_flushed(argc - 2, argv + 2);
+    else if ( !strcmp(argv[1], "wbinvd") && argc == 2 )
+        rc = do_wbinvd();
     else if ( !strcmp(argv[1], "check") && argc == 5 )
         rc = do_check(strtoul(argv[2], NULL, 0), strtoull(argv[3], NULL, 0),
                       strtoull(argv[4], NULL, 0));
@@ -228,6 +242,6 @@ int main(int argc, char **argv)
 
  usage:
     fprintf(stderr, "usage: sev-domctl info | make DOMID [es] | ranges DOMID GFN NR"
-            " | enable DOMID | flushed ASID... | check ASID SPA LEN\n");
+            " | enable DOMID | flushed ASID... | check ASID SPA LEN | wbinvd\n");
     return 2;
 }
