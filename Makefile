@@ -44,3 +44,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info sevd/_psp*.so sevd/_psp.c
+
+# Apply, build and boot the Xen SEV patches under QEMU, and compile the Dom0 kernel patch (~7 min on 2 cores;
+# see xen-patches/README.md). Installs its own Debian packages; caches in .cache/.
+.PHONY: xen-check
+xen-check:
+	bash xen-patches/check.sh
