@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from sevd._psp import ffi
+from sevd.abi.certs import AmdCert, PlatformChain, SevCert
 from sevd.abi.commands import CERT_SIZE, PDH_CHAIN_SIZE, USER_BLOB_MAX, PlatformState, UserCommand
 from sevd.abi.status import InvalidLen
 from sevd.errors import InputError
@@ -50,6 +51,17 @@ class PdhExport:
     cek: bytes
 
     FILES = ("pdh.cert", "pek.cert", "oca.cert", "cek.cert")
+
+    def chain(self, ark: AmdCert, ask: AmdCert) -> PlatformChain:
+        """The exported certificates parsed, with the AMD root (ARK, ASK) the CEK should chain to."""
+        return PlatformChain(
+            pdh=SevCert.parse(self.pdh, "pdh.cert"),
+            pek=SevCert.parse(self.pek, "pek.cert"),
+            oca=SevCert.parse(self.oca, "oca.cert"),
+            cek=SevCert.parse(self.cek, "cek.cert"),
+            ask=ask,
+            ark=ark,
+        )
 
     def write(self, directory: str | os.PathLike[str]) -> list[Path]:
         out = Path(directory)

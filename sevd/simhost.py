@@ -11,12 +11,21 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from sevd.abi.certs import AmdCert
 from sevd.psp.device import PspClient
 from sevd.psp.simulated.device import DEFAULT_MAX_ASID, DEFAULT_MIN_SEV_ASID, SimulatedPsp, create_psp
 from sevd.psp.simulated.memory import PAGE, PhysicalMemory
 from sevd.xen.hypervisor import SimulatedXen
 
 DEFAULT_MEMORY = 1 << 30  # 1 GiB of sparse simulated memory
+
+
+def simulated_roots(root: Path) -> tuple[AmdCert, AmdCert]:
+    ident = Path(root) / "psp" / "identity"
+    return (
+        AmdCert.parse((ident / "ark.cert").read_bytes(), "simulated ark.cert"),
+        AmdCert.parse((ident / "ask.cert").read_bytes(), "simulated ask.cert"),
+    )
 
 
 @dataclasses.dataclass
@@ -67,6 +76,10 @@ class SimulatedHost:
 
     def client(self) -> PspClient:
         return PspClient(self.psp())
+
+    def simulated_roots(self) -> tuple[AmdCert, AmdCert]:
+        """(ark, ask) of the simulated chip's simulated AMD root (real platforms chain to AMD's own)."""
+        return simulated_roots(self.root)
 
     def xen(self) -> SimulatedXen:
         psp = self.psp()

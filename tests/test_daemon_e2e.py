@@ -5,7 +5,7 @@ import base64
 import pytest
 from daemon_harness import OVMF, Harness, wait_for
 
-from sevd.abi.certs import AmdCert, PlatformChain, SevCert, verify_chain
+from sevd.abi.certs import SevCert, verify_chain
 from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy
 from sevd.owner.measurement import verify_measurement
@@ -60,17 +60,7 @@ def test_launch_without_session_runs_at_once(harness):
 
 
 def test_attested_launch_with_owner_session_and_secret(harness, tmp_path):
-    client = harness.host.client()
-    export = Platform(client).pdh_cert_export()
-    ident = harness.root / "psp" / "identity"
-    chain = PlatformChain(
-        pdh=SevCert.parse(export.pdh),
-        pek=SevCert.parse(export.pek),
-        oca=SevCert.parse(export.oca),
-        cek=SevCert.parse(export.cek),
-        ask=AmdCert.parse((ident / "ask.cert").read_bytes()),
-        ark=AmdCert.parse((ident / "ark.cert").read_bytes()),
-    )
+    chain = Platform(harness.host.client()).pdh_cert_export().chain(*harness.host.simulated_roots())
     verify_chain(chain)
     policy = Policy(0)
     session = make_session(chain.pdh, int(policy))

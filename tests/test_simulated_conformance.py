@@ -36,6 +36,7 @@ from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD, PspClient
 from sevd.psp.simulated import tables
 from sevd.psp.simulated.device import SimulatedPsp, create_psp
 from sevd.psp.simulated.memory import PhysicalMemory
+from sevd.simhost import simulated_roots
 
 SEV_ASID, SEV_ASID2, ES_ASID = 5, 6, 1
 DATA_SPA = 0x100000  # 1 MiB: a page the tests encrypt
@@ -588,20 +589,7 @@ def test_key_sharing(rig):
 
 
 def export_chain(rig: Rig, ark: AmdCert, ask: AmdCert) -> PlatformChain:
-    e = rig.platform.pdh_cert_export()
-    return PlatformChain(
-        pdh=SevCert.parse(e.pdh),
-        pek=SevCert.parse(e.pek),
-        oca=SevCert.parse(e.oca),
-        cek=SevCert.parse(e.cek),
-        ask=ask,
-        ark=ark,
-    )
-
-
-def simulated_roots(host) -> tuple[AmdCert, AmdCert]:
-    ident = host / "psp" / "identity"
-    return AmdCert.parse((ident / "ark.cert").read_bytes()), AmdCert.parse((ident / "ask.cert").read_bytes())
+    return rig.platform.pdh_cert_export().chain(ark, ask)
 
 
 def test_exported_chain_verifies_with_the_simulated_root_only(rig, sim_host):

@@ -21,7 +21,7 @@ gi.require_version("UMockdev", "1.0")
 from gi.repository import GLib, UMockdev  # noqa: E402
 
 from sevd.abi import status  # noqa: E402
-from sevd.abi.certs import AmdCert, PlatformChain, SevCert, verify_chain  # noqa: E402
+from sevd.abi.certs import verify_chain  # noqa: E402
 from sevd.abi.commands import FirmwareCommand, PlatformState  # noqa: E402
 from sevd.abi.policy import Policy  # noqa: E402
 from sevd.guest import GuestCommands  # noqa: E402
@@ -29,6 +29,7 @@ from sevd.platform import Platform  # noqa: E402
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD, DeviceFile, PspClient  # noqa: E402
 from sevd.psp.simulated.device import SimulatedPsp, create_psp  # noqa: E402
 from sevd.psp.simulated.memory import PhysicalMemory  # noqa: E402
+from sevd.simhost import simulated_roots  # noqa: E402
 
 SEV_NODE = (
     "P: /devices/virtual/misc/sev\nN: sev\nE: DEVNAME=/dev/sev\nE: MAJOR=10\nE: MINOR=124\n"
@@ -122,16 +123,7 @@ def run(host: Path) -> int:
 
     export = platform.pdh_cert_export()  # probe, then two nested output pointers
     ident = host / "psp" / "identity"
-    verify_chain(
-        PlatformChain(
-            pdh=SevCert.parse(export.pdh),
-            pek=SevCert.parse(export.pek),
-            oca=SevCert.parse(export.oca),
-            cek=SevCert.parse(export.cek),
-            ask=AmdCert.parse((ident / "ask.cert").read_bytes()),
-            ark=AmdCert.parse((ident / "ark.cert").read_bytes()),
-        )
-    )
+    verify_chain(export.chain(*simulated_roots(host)))
     assert export.pdh == (ident / "pdh.cert").read_bytes()
     print("pdh export ok")
 
