@@ -260,7 +260,7 @@ class Daemon:
                 self.records.delete(domid)
                 self.publish_platform()
             self._write(domid, {"state": proto.GuestState.DESTROYED.value})
-            self.xs.rm(f"{base}/command")
+            self._consume_command(domid, command)
             return
         rec = self._take_request(domid, rec)
         if rec is None:
