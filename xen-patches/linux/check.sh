@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Dom0 kernel patch: applies with `patch -p1 --fuzz=0` to Debian bookworm's kernel source
 # (linux-source-6.1) and the changed driver compiles out of tree against Debian's headers with
-# -Werror (sev-dev.o, then the whole ccp module so modpost resolves every symbol it uses).
+# -Werror (sev-dev.o, then the whole ccp module so modpost resolves every symbol it uses); the
+# kernel's struct sev_data_* are checked against cffi_build.py's GUEST_COMMAND_BUFFERS.
 # usage: check.sh [CACHE_DIR]   (default <repo>/.cache/linux)
 set -euo pipefail
 
@@ -59,7 +60,13 @@ printf 'NOSTDINC_FLAGS += -I$(src)/include -I$(src)/include/uapi\ninclude $(src)
 kdir=$root/usr/src/linux-headers-$abi-amd64
 make -s -C "$kdir" M="$mod" sev-dev.o KCFLAGS=-Werror || die "sev-dev.o does not compile"
 grep -q "$mod/include/uapi/linux/psp-sev.h" "$mod/.sev-dev.o.cmd" || die "sev-dev.o was not built against the patched psp-sev.h"
+# The firmware command buffers the kernel hands to the PSP must be byte for byte the ones userspace
+# lays out (cffi_build.py's GUEST_COMMAND_BUFFERS): static assertions generated from that file.
+python3 "$here/layout_check.py" "$here/../../cffi_build.py" > "$mod/sevd-layout.c"
+make -s -C "$kdir" M="$mod" sevd-layout.o KCFLAGS=-Werror || die "struct sev_data_* differ from cffi_build.py's GUEST_COMMAND_BUFFERS"
+echo "  struct sev_data_* match GUEST_COMMAND_BUFFERS ($(grep -c static_assert "$mod/sevd-layout.c") assertions)"
+rm -f "$mod/sevd-layout.c" "$mod/sevd-layout.o" "$mod/.sevd-layout.o.cmd"
 make -s -C "$kdir" M="$mod" modules KCFLAGS=-Werror 2>&1 | tee "$work/modules.log"
 grep -q 'undefined!' "$work/modules.log" && die "ccp.ko uses symbols the kernel does not export"
 [ -f "$mod/ccp.ko" ] || die "ccp.ko was not built"
-echo "linux-check: PASS (sev-dev.o and ccp.ko built against the patched psp-sev.h)"
+echo "linux-check: PASS (sev-dev.o and ccp.ko built against the patched psp-sev.h; buffer layouts match cffi_build.py)"
