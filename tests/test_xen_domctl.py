@@ -1,7 +1,8 @@
 """The real hypervisor backend (sevd/xen/domctl.py) against the public header our Xen patch adds.
 
-No hypercall can run here: the backend is driven with a stand-in for libxencall that records the exact
-bytes of every struct xen_domctl it would hand to Xen and answers like the patched Xen.  The layout is
+No hypercall can run in a unit test: the backend is driven with a stand-in for libxencall that records
+the exact bytes of every struct xen_domctl it would hand to Xen and answers like the patched Xen.
+(`make xen-check` also runs the backend for real, in Dom0 of the patched Xen under QEMU.)  The layout is
 checked three ways: against the struct definitions parsed from the patch file itself, against fixed
 expected bytes, and (when `make xen-check` left a patched tree in .cache/xen) against a C program
 compiled with the patched header.

@@ -21,7 +21,7 @@ BOOT_TIMEOUT=${SEVD_BOOT_TIMEOUT:-420}
 XEN_VERSION=4.17.5+72-g01140da4e8-1
 XEN_DIR=xen-4.17.5+72-g01140da4e8
 APT_PACKAGES="bison flex gcc make python3 dpkg-dev xz-utils cpio qemu-system-x86 linux-image-amd64
-busybox-static xen-utils-4.17 xenstore-utils libxencall1"
+busybox-static xen-utils-4.17 xenstore-utils libxencall1 python3-cffi python3-cryptography"
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 
 T0=$(date +%s)
@@ -123,6 +123,7 @@ if [ "${SEVD_SKIP_BOOT:-0}" != 1 ]; then
     need test 'SEV ASID 4 released, dirty until DF_FLUSH'
     need test 'SEV domain started before SEV was enabled'
     need test 'SEV domctl refused \(-16\): MAKE_SEV: the domain has already run'
+    need test 'SEVD-CHECK ok: python wbinvd_all \+ asids_flushed'
 fi
 
 # ---- 4. the Linux patch -------------------------------------------------------------------------

@@ -6,8 +6,9 @@ Debian's libxencall (`libxencall.so.1`, stable ABI) in cffi ABI mode: no Xen hea
 
 The domctl layout below is this project's one definition of it in Python; it must match the public
 header the Xen patches add (xen-patches/xen, xen/include/public/domctl.h), which
-tests/test_xen_domctl.py checks byte for byte.  A real hypercall needs Dom0 on the patched Xen:
-nothing here can run one in CI; the tests drive this module with a stand-in for libxencall.
+tests/test_xen_domctl.py checks byte for byte.  A real hypercall needs Dom0 on the patched Xen: the unit
+tests drive this module with a stand-in for libxencall; `make xen-check` runs it for real in Dom0 of the
+patched Xen under QEMU (sev=test, xen-patches/qemu/domctl-smoke.py), where no SEV hardware exists.
 """
 
 from __future__ import annotations

@@ -64,6 +64,23 @@ gcc -O2 -Wall -Werror -I"$tree/xen/include" -o "$out/sev-domctl" "$here/sev-domc
 copy_with_libs "$root" "$out/sev-domctl"
 mv "$root$out/sev-domctl" "$root/usr/bin/sev-domctl"
 
+# Python with cffi and cryptography (Debian's), and sevd itself: the daemon's real hypervisor backend
+# (sevd/xen/domctl.py) runs against the patched Xen in the sev=test boot.
+repo=$(cd "$here/../.." && pwd)
+copy_with_libs "$root" /usr/bin/python3.11
+ln -sf python3.11 "$root/usr/bin/python3"
+cp -a /usr/lib/python3.11 "$root/usr/lib/"
+rm -rf "$root/usr/lib/python3.11/"{test,idlelib,tkinter,turtledemo,ensurepip,lib2to3,pydoc_data,config-3.11-x86_64-linux-gnu}
+mkdir -p "$root/usr/lib/python3/dist-packages"
+cp -a /usr/lib/python3/dist-packages/{cffi,pycparser,ply,_cffi_backend.cpython-311-x86_64-linux-gnu.so,cryptography} \
+    "$root/usr/lib/python3/dist-packages/"
+for so in $(find "$root/usr/lib/python3.11/lib-dynload" "$root/usr/lib/python3/dist-packages" -name '*.so'); do
+    copy_with_libs "$root" "${so#"$root"}"
+done
+mkdir -p "$root/opt/sevd"
+(cd "$repo" && find sevd -name '*.py' | cpio -pdm --quiet "$root/opt/sevd")
+cp "$here/domctl-smoke.py" "$root/opt/sevd/"
+
 mkdir -p "$root/guest"
 cp "$kernel" "$root/guest/vmlinuz"
 cp "$out/guest.cpio.gz" "$root/guest/initrd.cpio.gz"
