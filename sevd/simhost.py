@@ -44,13 +44,15 @@ class SimulatedHost:
         memory_size: int = DEFAULT_MEMORY,
         max_asid: int = DEFAULT_MAX_ASID,
         min_sev_asid: int = DEFAULT_MIN_SEV_ASID,
+        es: bool = True,
     ) -> SimulatedHost:
         host = cls(Path(root))
         if host.exists:
             return host
         host.root.mkdir(parents=True, exist_ok=True)
         PhysicalMemory.create(host.root / "memory.img", memory_size).close()
-        create_psp(host.root, max_asid=max_asid, min_sev_asid=min_sev_asid)
+        # An SEV-ES capable CPU (Rome and later): the kernel INITs the firmware with ES.
+        create_psp(host.root, max_asid=max_asid, min_sev_asid=min_sev_asid, es=es)
         SimulatedXen.create(host.root, memory_size // PAGE, max_asid, min_sev_asid)
         (host.root / "sevd.toml").write_text(host.config_text())
         return host

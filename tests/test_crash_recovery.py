@@ -151,3 +151,22 @@ def test_crash_during_teardown(host, when, step):
                 wait_for(lambda d=domid: host.xs.read(proto.guest_path(d)) is None, 30, "teardown after restart")
     assert "killed" not in host.logs()
     assert_consistent(host)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_crash_during_update_vmsa_fails_cleanly(tmp_path, when):
+    """SEV-ES: a VMSA possibly encrypted already cannot be measured again: INTERRUPTED, context gone."""
+    h = Harness(tmp_path / "host")
+    try:
+        h.start_daemon({"SEVD_FAULT": f"{when}:UPDATE_VMSA"})
+        domid = h.toolstack.create("es-crash", 4, IMAGE)
+        gpa, size = h.toolstack.image_location(domid)
+        request_launch(h.xs, proto.LaunchRequest(domid, 1, Policy.parse("ES"), True, False, gpa, size))
+        wait_for(lambda: h.daemon.poll() is not None, 30, "the injected crash")
+        h.daemon = None
+        h.start_daemon()
+        assert h.wait_state(domid, "error", "running") == "error"
+        assert h.xs.read(proto.guest_path(domid, "error")).startswith("INTERRUPTED:")
+        assert_consistent(h)
+    finally:
+        h.close()

@@ -160,12 +160,23 @@ def test_malformed_cfg_names_line_and_key_and_creates_nothing(harness, tmp_path)
 
 
 def test_firmware_error_surfaces_by_spec_name_and_the_domain_is_cleaned_up(harness, tmp_path):
-    # This simulated platform was initialised without SEV-ES: LAUNCH_START with the ES policy bit fails.
+    harness.host.psp().inject_failure("LAUNCH_START", "RESOURCE_LIMIT")
     cfg = tmp_path / "es.cfg"
     cfg.write_text((EXAMPLES / "sev-es-guest.cfg").read_text())
     proc = xl(harness, "create", cfg, check=1)
-    assert "UNSUPPORTED" in proc.stderr and "destroyed" in proc.stderr, proc.stderr
+    assert "RESOURCE_LIMIT" in proc.stderr and "destroyed" in proc.stderr, proc.stderr
     assert harness.toolstack.xen.domid_by_name("sev-es-guest") is None
+
+
+def test_sev_es_guest_attested_with_its_vmsa(harness, tmp_path):
+    cfg = tmp_path / "es.cfg"
+    cfg.write_text((EXAMPLES / "sev-es-guest.cfg").read_text())
+    proc = xl(harness, "create", cfg, "--attest", tmp_path / "owner")
+    assert "measurement verified" in proc.stdout, proc.stdout + proc.stderr
+    domid = harness.toolstack.xen.domid_by_name("sev-es-guest")
+    asid = int(harness.xs.read(f"/sevd/guest/{domid}/asid"))
+    assert 1 <= asid < 5, "SEV-ES guests take ASIDs below the minimum SEV ASID"
+    xl(harness, "destroy", "sev-es-guest")
 
 
 def test_ok_passes_on_a_ready_host(harness):

@@ -54,7 +54,7 @@ class Policy:
                 except KeyError:
                     known = ", ".join(f.name for f in PolicyFlag if f.name)
                     raise InputError(f"policy: unknown flag {word!r} (known: {known})") from None
-        return cls(value)
+        return cls(int(value))
 
     @property
     def flags(self) -> PolicyFlag:

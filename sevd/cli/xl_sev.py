@@ -407,7 +407,7 @@ class SimToolstack:
         from sevd.xen.hypervisor import HypervisorError
 
         try:
-            return self.sim.create(guest.name, guest.memory_mb, image)
+            return self.sim.create(guest.name, guest.memory_mb, image, guest.vcpus)
         except HypervisorError as exc:
             raise SevdError(f"XEN_ERROR: {exc}") from None
 
@@ -461,12 +461,22 @@ class LocalOwner:
         )
 
     def verify(self, nodes: dict[str, str], guest: xlcfg.GuestConfig, image: bytes) -> LaunchMeasurement:
+        from sevd.abi.vmsa import reset_vmsas
         from sevd.owner.measurement import verify_measurement
 
         measured = LaunchMeasurement.from_base64(nodes["measurement"], "measurement node")
         api_major, api_minor = (int(x) for x in nodes["api"].split("."))
+        # SEV-ES: each vCPU's VMSA is measured after the image; the owner knows them (reset state).
+        vmsas = reset_vmsas(guest.vcpus) if guest.es else []
         verify_measurement(
-            measured, image, int(guest.policy), api_major, api_minor, int(nodes["build"]), self.session.keys.tik
+            measured,
+            image,
+            int(guest.policy),
+            api_major,
+            api_minor,
+            int(nodes["build"]),
+            self.session.keys.tik,
+            vmsas,
         )
         return measured
 

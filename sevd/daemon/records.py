@@ -41,6 +41,7 @@ class GuestRecord:
     handle: int = 0
     asid: int = 0
     ranges_done: int = 0
+    vmsas_done: int = 0
     measurement: str | None = None
     error: str | None = None
 

@@ -38,7 +38,7 @@ from sevd.xen import protocol as proto
 from sevd.xen.hypervisor import Hypervisor, HypervisorError
 from sevd.xen.xsclient import Xenstore, XenstoreError, XenstoreLost
 
-LAUNCH_STEPS = ("SEV_DOMAIN", "LAUNCH_START", "ACTIVATE", "SEV_ENABLED", "UPDATE_DATA", "MEASURE")
+LAUNCH_STEPS = ("SEV_DOMAIN", "LAUNCH_START", "ACTIVATE", "SEV_ENABLED", "UPDATE_DATA", "UPDATE_VMSA", "MEASURE")
 # Nodes the daemon writes itself: their watch events need no reconcile.
 DAEMON_NODES = {"ack", "state", "step", "handle", "asid", "measurement", "api", "build", "policy", "error"}
 
@@ -379,6 +379,14 @@ class Daemon:
         index = LAUNCH_STEPS.index(rec.step)
         if rec.step == "UPDATE_DATA" and rec.ranges_done < len(self._ranges(rec)):
             return "UPDATE_DATA"
+        if (
+            rec.step in ("UPDATE_DATA", "UPDATE_VMSA")
+            and rec.es
+            and rec.vmsas_done < len(self.hv.vmsa_pages(rec.domid))
+        ):
+            return "UPDATE_VMSA"  # SEV-ES: each vCPU's VMSA, after the image, as the owner measures them
+        if rec.step == "UPDATE_DATA":
+            index += 1  # no VMSA step for plain SEV
         return LAUNCH_STEPS[index + 1] if index + 1 < len(LAUNCH_STEPS) else None
 
     def _ranges(self, rec: GuestRecord) -> list[tuple[int, int]]:
@@ -459,6 +467,14 @@ class Daemon:
                 step,
                 lambda: g.launch_update_data(rec.handle, spa, length),
                 lambda _: setattr(rec, "ranges_done", rec.ranges_done + 1),
+            )
+        elif step == "UPDATE_VMSA":
+            spa = self.hv.vmsa_pages(rec.domid)[rec.vmsas_done]
+            self._journal(
+                rec,
+                step,
+                lambda: g.launch_update_vmsa(rec.handle, spa),
+                lambda _: setattr(rec, "vmsas_done", rec.vmsas_done + 1),
             )
         elif step == "MEASURE":
             self._journal(
@@ -581,14 +597,14 @@ class Daemon:
             done = False  # no handle came back to us; a context it created is swept as an orphan
         elif pending == "ACTIVATE":
             done = status is not None and status.asid == rec.asid  # never ACTIVATE twice
-        elif pending == "UPDATE_DATA":
+        elif pending in ("UPDATE_DATA", "UPDATE_VMSA"):
             rec.pending = None
             self.records.save(rec)
             self.fail(
                 rec,
                 "INTERRUPTED",
-                f"sevd stopped during LAUNCH_UPDATE_DATA of range {rec.ranges_done}; the image may be partly "
-                "encrypted: destroy and recreate the domain",
+                f"sevd stopped during LAUNCH_{pending}; the image or VMSA may be partly encrypted: "
+                "destroy and recreate the domain",
             )
             return
         elif pending == "MEASURE":

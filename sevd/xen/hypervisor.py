@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Protocol
 
+from sevd.abi.vmsa import reset_vmsas
 from sevd.durable import exclusive, read_json, write_json
 from sevd.errors import SevdError
 from sevd.psp.simulated.memory import PAGE, PhysicalMemory
@@ -37,6 +38,10 @@ class Hypervisor(Protocol):
 
     def guest_ranges(self, domid: int, gpa: int, length: int) -> list[tuple[int, int]]:
         """System-physical (start, length) ranges backing [gpa, gpa+length) of the domain, coalesced."""
+        ...
+
+    def vmsa_pages(self, domid: int) -> list[int]:
+        """SEV-ES: system-physical addresses of each vCPU's VMSA page (vCPU 0 first), reset state written."""
         ...
 
     def enable_sev(self, domid: int) -> None: ...
@@ -117,7 +122,7 @@ class SimulatedXen:
 
     # -- toolstack side (xl create -p / unpause / destroy) ------------------------------------------------
 
-    def create_domain(self, name: str, memory_mb: int, image: bytes) -> int:
+    def create_domain(self, name: str, memory_mb: int, image: bytes, vcpus: int = 1) -> int:
         """`xl create -p`: a paused domain with `image` loaded at the top of its first 4 GiB, like OVMF."""
         pages = memory_mb * 1024 * 1024 // PAGE
         with self._locked():
@@ -140,6 +145,7 @@ class SimulatedXen:
             state["domains"][str(domid)] = {
                 "name": name,
                 "memory_mb": memory_mb,
+                "vcpus": vcpus,
                 "frame_runs": runs,
                 "pages": pages,
                 "image_gpa": (pages - image_pages) * PAGE,
@@ -208,8 +214,21 @@ class SimulatedXen:
                 hint = f"; ASIDs {dirty} await DF_FLUSH" if dirty else ""
                 raise HypervisorError(f"no free {'SEV-ES' if es else 'SEV'} ASID in {lo}..{hi}{hint}")
             dom.update(sev=True, es=es, asid=asid)
+            vmsas = reset_vmsas(dom.get("vcpus", 1)) if es else []
+            if vmsas:
+                # Xen keeps each vCPU's VMSA in a page of its own heap, not in guest memory.
+                first = state["next_free_page"]
+                state["next_free_page"] = first + len(vmsas)
+                dom["vmsa_frames"] = list(range(first, first + len(vmsas)))
             self._save(state)
-            return SevDomain(domid, asid, self.CBIT)
+        if vmsas:
+            memory = PhysicalMemory(self.host / "memory.img")
+            try:
+                for mfn, page in zip(dom["vmsa_frames"], vmsas, strict=True):
+                    memory.write(mfn * PAGE, page)
+            finally:
+                memory.close()
+        return SevDomain(domid, asid, self.CBIT)
 
     def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
         dom = self._domain(self._load(), domid)
@@ -238,6 +257,9 @@ class SimulatedXen:
         tail = (last + 1) * PAGE - (gpa + length)
         runs[-1] = (runs[-1][0], runs[-1][1] - tail)
         return runs
+
+    def vmsa_pages(self, domid: int) -> list[int]:
+        return [mfn * PAGE for mfn in self._domain(self._load(), domid).get("vmsa_frames", [])]
 
     def enable_sev(self, domid: int) -> None:
         with self._locked():

@@ -40,9 +40,9 @@ class SimulatedToolstack:
         self.xs = xs
         self.xen = SimulatedXen(self.host, psp_wbinvd=SimulatedPsp(self.host).wbinvd_all_cpus)
 
-    def create(self, name: str, memory_mb: int, image: bytes) -> int:
+    def create(self, name: str, memory_mb: int, image: bytes, vcpus: int = 1) -> int:
         """`xl create -p`: the domain exists, paused, with its boot image in memory."""
-        domid = self.xen.create_domain(name, memory_mb, image)
+        domid = self.xen.create_domain(name, memory_mb, image, vcpus)
         home = f"/local/domain/{domid}"
         self.xs.write_many(home, {"name": name, "domid": str(domid), "memory/target": str(memory_mb * 1024)})
         self.xs.set_perms(home, (f"n{domid}", "r0"))
