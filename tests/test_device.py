@@ -6,7 +6,7 @@ import pytest
 
 from sevd._psp import ffi, lib
 from sevd.abi import status
-from sevd.abi.commands import CERT_SIZE, PDH_CHAIN_SIZE, UserCommand
+from sevd.abi.commands import CERT_SIZE, PDH_CHAIN_SIZE, FirmwareCommand, UserCommand
 from sevd.errors import DeviceError
 from sevd.platform import Platform
 from sevd.psp import device
@@ -43,7 +43,7 @@ class ScriptedTarget:
     [
         (errno.EPERM, "opened for writing"),
         (errno.EBUSY, "disabled after a command timed out"),
-        (errno.ENOTTY, "Dom0 kernel patch"),
+        (errno.ENOTTY, "does not answer SEV ioctls"),
         (errno.EINVAL, "unknown command id"),
         (errno.EFAULT, "16 KiB"),
     ],
@@ -55,6 +55,15 @@ def test_driver_errno_is_explained(err, text):
     assert info.value.errno == err
     assert text in str(info.value)
     assert "PEK_GEN" in str(info.value)
+
+
+def test_einval_on_a_guest_command_points_at_the_kernel_patch():
+    client = PspClient(ScriptedTarget(rc=-errno.EINVAL))
+    with pytest.raises(DeviceError, match="xen-patches/linux"):
+        client.guest_command(FirmwareCommand.GUEST_STATUS)
+    with pytest.raises(DeviceError) as info:
+        client.platform_command(UserCommand.PEK_GEN)
+    assert "xen-patches" not in str(info.value)
 
 
 def test_firmware_status_wins_over_eio():

@@ -401,3 +401,35 @@ def test_layout_matches_the_compiled_patched_header(tmp_path):
             assert ffi.offsetof(f"struct {t}", f) == value, key
         elif key.startswith("xen_"):
             assert ffi.sizeof(f"struct {key}") == value, key
+
+
+def test_real_backend_offers_every_method_the_daemon_uses():
+    from sevd.xen.hypervisor import Hypervisor
+
+    wanted = {name for name in vars(Hypervisor) if not name.startswith("_")}
+    missing = {name for name in wanted if not callable(getattr(dc.DomctlXen, name, None))}
+    assert not missing, missing
+
+
+def test_guest_ranges_trims_frame_runs_to_the_bytes_asked():
+    x = object.__new__(dc.DomctlXen)
+    calls = []
+
+    def frame_ranges(domid, gfn, nr_frames):
+        calls.append((gfn, nr_frames))
+        return [(0x10_0000 + gfn * 4096, nr_frames * 4096)]
+
+    x.frame_ranges = frame_ranges
+    assert x.guest_ranges(3, 0x2000 + 16, 4096) == [(0x10_2010, 4096)]
+    assert calls == [(2, 2)]  # two frames: the range crosses a page boundary
+
+
+def test_domain_exists_needs_a_source_and_vmsa_is_refused_clearly():
+    x = object.__new__(dc.DomctlXen)
+    x.exists = None
+    with pytest.raises(HypervisorError, match="exists"):
+        x.domain_exists(1)
+    x.exists = lambda domid: domid == 1
+    assert x.domain_exists(1) and not x.domain_exists(2)
+    with pytest.raises(HypervisorError, match="VMSA"):
+        x.vmsa_pages(1)

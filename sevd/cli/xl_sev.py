@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import errno
 import importlib.util
 import os
 import shutil
@@ -965,7 +966,7 @@ def _psp_checks(config: Config) -> tuple[list[Check], Any]:
     except FirmwareError:
         checks.append(Check("guest-command ioctl", True, "SEV_ISSUE_GUEST_CMD answers (the firmware ran)"))
     except DeviceError as exc:
-        missing = exc.errno == 25  # ENOTTY
+        missing = exc.errno in (errno.EINVAL, errno.ENOTTY)  # a stock sev-dev.c answers EINVAL
         checks.append(
             Check(
                 "guest-command ioctl",

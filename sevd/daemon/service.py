@@ -60,7 +60,7 @@ class LaunchFailed(SevdError):
         self.name, self.message = name, message
 
 
-def open_hypervisor(config: Config) -> Hypervisor:
+def open_hypervisor(config: Config, exists: Callable[[int], bool]) -> Hypervisor:
     if config.hypervisor_backend == "simulated":
         from sevd.psp.simulated.device import SimulatedPsp
         from sevd.xen.hypervisor import SimulatedXen
@@ -69,7 +69,7 @@ def open_hypervisor(config: Config) -> Hypervisor:
         return SimulatedXen(host, psp_wbinvd=SimulatedPsp(host).wbinvd_all_cpus)
     from sevd.xen import domctl  # the real backend: the patched Xen's SEV domctl through libxencall
 
-    return domctl.XenSev()
+    return domctl.DomctlXen(exists=exists)
 
 
 class Daemon:
@@ -79,7 +79,7 @@ class Daemon:
         self.client = client or config.open_psp()
         self.guest = GuestCommands(self.client)
         self.platform = Platform(self.client)
-        self.hv = hypervisor or open_hypervisor(config)
+        self.hv = hypervisor or open_hypervisor(config, self._domain_in_xenstore)
         self.records = RecordStore(Path(config.state_dir))
         self.queue = PspQueue()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="guest")
@@ -111,6 +111,11 @@ class Daemon:
             self.xs.write(proto.guest_path(domid, key), value)
         else:
             self.xs.write_many(proto.guest_path(domid), values)
+
+    def _domain_in_xenstore(self, domid: int) -> bool:
+        """On a real host a domain exists while xl's /local/domain/<domid> does (removed when it dies)."""
+        assert self.xs is not None
+        return self.xs.read(f"/local/domain/{domid}") is not None
 
     # -- the main loop -------------------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ class DeviceFile:
             self.fd = -1
 
 
-def _errno_message(err: int, what: str, target: IoctlTarget) -> str:
+def _errno_message(err: int, what: str, guest_command: bool) -> str:
     if err == errno.EPERM:
         return f"{what}: EPERM: this command needs /dev/sev opened for writing (run as root)"
     if err == errno.EBUSY:
@@ -85,13 +85,16 @@ def _errno_message(err: int, what: str, target: IoctlTarget) -> str:
             f"{what}: EBUSY: the PSP is busy or disabled after a command timed out "
             "(the driver stops issuing commands; reload ccp or reboot)"
         )
-    if err == errno.ENOTTY:
+    if err == errno.EINVAL and guest_command:
+        # A stock driver answers EINVAL to any ioctl but SEV_ISSUE_CMD (sev-dev.c, sev_ioctl).
         return (
-            f"{what}: ENOTTY: the kernel does not know this ioctl; guest commands need the "
-            "Dom0 kernel patch from xen-patches/linux (SEV_ISSUE_GUEST_CMD)"
+            f"{what}: EINVAL: the driver refused SEV_ISSUE_GUEST_CMD: a Dom0 kernel without the "
+            "xen-patches/linux patch does not know it (or the command id or parameters are bad)"
         )
     if err == errno.EINVAL:
         return f"{what}: EINVAL: the driver refused the request (unknown command id or bad parameters)"
+    if err == errno.ENOTTY:
+        return f"{what}: ENOTTY: this device does not answer SEV ioctls (is it /dev/sev?)"
     if err == errno.EFAULT:
         return f"{what}: EFAULT: a buffer address is bad or a blob exceeds the driver's 16 KiB limit"
     if err == errno.ENODEV:
@@ -123,7 +126,7 @@ class PspClient:
         if arg.error not in (FirmwareStatus.SUCCESS, _NO_FW_CALL):
             # The firmware ran and failed: the driver answers EIO and leaves the status in error.
             raise_for_status(what, arg.error)
-        raise DeviceError(-rc, _errno_message(-rc, what, self.target))
+        raise DeviceError(-rc, _errno_message(-rc, what, request == SEV_ISSUE_GUEST_CMD))
 
     def platform_command(self, cmd: UserCommand, data: Any = None) -> None:
         """SEV_ISSUE_CMD with a sev_user_data_* buffer (or none)."""

@@ -170,9 +170,16 @@ class DomctlXen:
     toolstack put the boot image in guest-frame space (default: OVMF's place, 2 MiB below 4 GiB).
     """
 
-    def __init__(self, lib: Any = None, image_frames: Callable[[int], tuple[int, int]] | None = None):
+    def __init__(
+        self,
+        lib: Any = None,
+        image_frames: Callable[[int], tuple[int, int]] | None = None,
+        exists: Callable[[int], bool] | None = None,
+    ):
         self.lib = lib if lib is not None else ffi.dlopen("libxencall.so.1")
         self.image_frames = image_frames or ovmf_layout()
+        # Whether a domain still exists; the daemon answers from xenstore (/local/domain/<domid>).
+        self.exists = exists
         self.handle = self.lib.xencall_open(ffi.NULL, 0)
         if self.handle == ffi.NULL:
             raise HypervisorError(
@@ -250,7 +257,7 @@ class DomctlXen:
         make = out.u.sev_op.u.make
         return SevDomain(domid, make.asid, make.cbit)
 
-    def guest_ranges(self, domid: int, gfn: int, nr_frames: int) -> list[tuple[int, int]]:
+    def frame_ranges(self, domid: int, gfn: int, nr_frames: int) -> list[tuple[int, int]]:
         """System-physical (start, length) runs of guest frames gfn..gfn+nr_frames-1, coalesced; Xen pins them."""
         runs: list[tuple[int, int]] = []
         room = RANGES_MAX_FRAMES
@@ -282,7 +289,34 @@ class DomctlXen:
 
     def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
         gfn, frames = self.image_frames(domid)
-        return self.guest_ranges(domid, gfn, frames)
+        return self.frame_ranges(domid, gfn, frames)
+
+    def guest_ranges(self, domid: int, gpa: int, length: int) -> list[tuple[int, int]]:
+        """The bytes [gpa, gpa+length) of the guest as system-physical runs (first and last page trimmed)."""
+        if gpa < 0 or length <= 0:
+            raise HypervisorError(f"domain {domid}: [{gpa:#x}, +{length:#x}) is not a guest range")
+        first, last = gpa // PAGE, (gpa + length - 1) // PAGE
+        runs = self.frame_ranges(domid, first, last - first + 1)
+        head, tail = gpa % PAGE, (last + 1) * PAGE - (gpa + length)
+        runs[0] = (runs[0][0] + head, runs[0][1] - head)
+        runs[-1] = (runs[-1][0], runs[-1][1] - tail)
+        return runs
+
+    def vmsa_pages(self, domid: int) -> list[int]:
+        raise HypervisorError(
+            f"domain {domid}: SEV-ES VMSA pages are not exposed by XEN_DOMCTL_sev_op yet (see docs/xen.md)"
+        )
+
+    def dirty_asids(self) -> list[int]:
+        return list(self.info().dirty)
+
+    def wbinvd_all_cpus(self) -> None:
+        self.wbinvd_all()
+
+    def domain_exists(self, domid: int) -> bool:
+        if self.exists is None:
+            raise HypervisorError("DomctlXen was built without a way to tell whether a domain exists")
+        return self.exists(domid)
 
     def enable_sev(self, domid: int) -> None:
         self._sev_op(domid, SEV_ENABLE, "ENABLE")

@@ -25,7 +25,7 @@ def main(domid: int) -> int:
     dom = xen.make_sev_domain(domid, es=False)
     check("make_sev_domain", (dom.asid, dom.cbit) == (4, 47), dom)
     # 2048 frames: two GET_RANGES calls (at most 1024 frames each), runs joined across them.
-    runs = xen.guest_ranges(domid, 0x100, 2048)
+    runs = xen.frame_ranges(domid, 0x100, 2048)
     check("guest_ranges 8 MiB", sum(n for _, n in runs) == 2048 * 4096 and len(runs) >= 1, runs[:4])
     spa, length = runs[0]
     xen.check_spa(dom.asid, spa, min(length, 1 << 20))

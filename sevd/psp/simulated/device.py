@@ -199,7 +199,7 @@ class SimulatedPsp:
                     self._injected_failure(fw, FirmwareCommand(cmd).name)
                     self._guest_command(fw, FirmwareCommand(cmd), caller)
             else:
-                return -errno.ENOTTY, 0
+                return -errno.EINVAL, 0  # sev_ioctl answers EINVAL to any other ioctl
         except status.FirmwareError as err:
             return -errno.EIO, err.code
         except _Errno as err:
