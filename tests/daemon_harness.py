@@ -20,13 +20,13 @@ BIN = Path(sys.executable).parent
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 
 
-def wait_for(predicate, timeout=30.0, what="condition"):
+def wait_for(predicate, timeout=30.0, what="condition", poll=0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.02)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -66,9 +66,11 @@ class Harness:
     def state(self, domid: int) -> str | None:
         return self.xs.read(proto.guest_path(domid, "state"))
 
-    def wait_state(self, domid: int, *states: str, timeout: float = 60) -> str:
+    def wait_state(self, domid: int, *states: str, timeout: float = 60, poll: float = 0.02) -> str:
         try:
-            return wait_for(lambda: (s := self.state(domid)) in states and s, timeout, f"domain {domid} in {states}")
+            return wait_for(
+                lambda: (s := self.state(domid)) in states and s, timeout, f"domain {domid} in {states}", poll
+            )
         except AssertionError as exc:
             if self.daemon is not None and self.daemon.poll() is None:
                 self.daemon.send_signal(signal.SIGUSR1)  # sevd dumps its threads' stacks to its log
