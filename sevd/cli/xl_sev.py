@@ -333,7 +333,9 @@ def wait_for(
         if fail_on_error_state and nodes.get("state") == proto.GuestState.ERROR.value:
             if progress is not None:
                 progress.close()
-            raise LaunchError(f"domain {domid}: {nodes.get('error', 'failed (no reason given)')}")
+            # Read afresh: read_dir may have listed the children before sevd's transaction added `error`.
+            reason = xs.read(f"{base}/error") or nodes.get("error") or "failed (no reason given)"
+            raise LaunchError(f"domain {domid}: {reason}")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             if progress is not None:
