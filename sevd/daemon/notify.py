@@ -13,9 +13,14 @@ except ImportError:  # pragma: no cover - exercised where systemd-python is abse
     sd_journal = None
 
 
+def listening() -> bool:
+    """Whether systemd takes notifications (so callers can skip composing a STATUS nobody reads)."""
+    return sd_daemon is not None and bool(os.environ.get("NOTIFY_SOCKET"))
+
+
 def notify(**fields: str) -> bool:
     """notify(READY="1", STATUS="...") → True if systemd (NOTIFY_SOCKET) got it."""
-    if sd_daemon is None or not os.environ.get("NOTIFY_SOCKET"):
+    if not listening():
         return False
     return bool(sd_daemon.notify("\n".join(f"{k}={v}" for k, v in fields.items())))
 

@@ -27,7 +27,7 @@ from sevd.abi.commands import GuestState as FwGuestState
 from sevd.abi.policy import Policy
 from sevd.abi.status import FirmwareError
 from sevd.config import Config
-from sevd.daemon.notify import notify, setup_logging, watchdog_interval
+from sevd.daemon.notify import listening, notify, setup_logging, watchdog_interval
 from sevd.daemon.pspqueue import PspQueue
 from sevd.daemon.records import GuestRecord, RecordStore
 from sevd.errors import DeviceError, InputError, SevdError
@@ -135,8 +135,10 @@ class Daemon:
             except (XenstoreLost, XenstoreError, OSError) as exc:
                 if self.stopping.is_set():
                     break
-                self.log.warning("xenstore: %s; reconnecting in %.1f s", exc, backoff)
-                notify(STATUS=f"xenstore lost; reconnecting ({exc})")
+                # DeviceError is an OSError too: start-up recovery needs the PSP as much as xenstore.
+                what, action = ("PSP", "retrying") if isinstance(exc, DeviceError) else ("xenstore", "reconnecting")
+                self.log.warning("%s: %s; %s in %.1f s", what, exc, action, backoff)
+                notify(STATUS=f"{what} unavailable; {action} ({exc})")
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         self._shutdown()
@@ -452,7 +454,7 @@ class Daemon:
                 psp=False,
             )
         elif step == "LAUNCH_START":
-            godh, session = self._session_from_xenstore(rec.domid)
+            godh, session = self._owner_session(rec.domid)
             kwargs = {"godh_cert": godh, "session": session} if godh else {}
             self._journal(
                 rec,
@@ -489,7 +491,7 @@ class Daemon:
                 lambda blob: setattr(rec, "measurement", base64.b64encode(blob).decode()),
             )
 
-    def _session_from_xenstore(self, domid: int) -> tuple[bytes | None, bytes | None]:
+    def _owner_session(self, domid: int) -> tuple[bytes | None, bytes | None]:
         """The owner's session, as parsed when the request was taken (re-read after a restart)."""
         req = self._requests.get(domid)
         if req is None:
@@ -685,7 +687,8 @@ class Daemon:
         elif changed:
             self.xs.write_many(proto.PLATFORM, changed)
         self._published.update(changed)
-        notify(STATUS=self._status_line())
+        if listening():  # the status line reads every journal: only worth it when systemd listens
+            notify(STATUS=self._status_line())
 
 
 def run(config_path: str | None) -> int:

@@ -20,7 +20,17 @@ from typing import Any, Protocol
 
 from sevd._psp import ffi
 from sevd.abi import status
-from sevd.abi.commands import GUEST_COMMANDS, USER_BLOB_MAX, WRITE_COMMANDS, FirmwareCommand, UserCommand
+from sevd.abi.commands import (
+    CERT_SIZE,
+    GET_ID_SIZE,
+    GUEST_COMMANDS,
+    MEASUREMENT_SIZE,
+    PDH_CHAIN_SIZE,
+    USER_BLOB_MAX,
+    WRITE_COMMANDS,
+    FirmwareCommand,
+    UserCommand,
+)
 from sevd.abi.commands import PlatformState as P
 from sevd.durable import exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
@@ -284,7 +294,7 @@ class SimulatedPsp:
             fw.pek_gen() if cmd == U.PEK_GEN else fw.pdh_gen()
         elif cmd == U.PEK_CSR:
             self._lazy_init(fw)
-            self._probe_or_copy(caller, "struct sev_user_data_pek_csr", "address", "length", fw.pek_csr)
+            self._probe_or_copy(caller, "struct sev_user_data_pek_csr", "address", "length", fw.pek_csr, CERT_SIZE)
         elif cmd in (U.GET_ID2, U.GET_ID):
             if cmd == U.GET_ID:  # deprecated form: two inline 64-byte fields
                 out = ffi.new("struct sev_user_data_get_id *")
@@ -292,7 +302,7 @@ class SimulatedPsp:
                 caller.write_buffer(bytes(ffi.buffer(out)))
                 return
             # GET_ID works in every state: the driver does not INIT for it.
-            self._probe_or_copy(caller, "struct sev_user_data_get_id2", "address", "length", fw.get_id)
+            self._probe_or_copy(caller, "struct sev_user_data_get_id2", "address", "length", fw.get_id, GET_ID_SIZE)
         elif cmd == U.PEK_CERT_IMPORT:
             req = self._read(caller, "struct sev_user_data_pek_cert_import")
             if req.pek_cert_len > USER_BLOB_MAX or req.oca_cert_len > USER_BLOB_MAX:
@@ -314,7 +324,9 @@ class SimulatedPsp:
     def _write(caller: CallerMemory, req: Any) -> None:
         caller.write_buffer(bytes(ffi.buffer(req)))
 
-    def _probe_or_copy(self, caller: CallerMemory, ctype: str, addr: str, length: str, command) -> None:
+    def _probe_or_copy(
+        self, caller: CallerMemory, ctype: str, addr: str, length: str, command: Any, needed: int
+    ) -> None:
         """A zero address or length asks the firmware for the size it needs (INVALID_LEN, length written back)."""
         req = self._read(caller, ctype)
         probe = not getattr(req, addr) or not getattr(req, length)
@@ -323,7 +335,7 @@ class SimulatedPsp:
         try:
             data = command(0 if probe else getattr(req, length))
         except status.InvalidLen:
-            setattr(req, length, _needed_length(command))
+            setattr(req, length, needed)
             self._write(caller, req)
             raise
         setattr(req, length, len(data))
@@ -342,7 +354,7 @@ class SimulatedPsp:
         try:
             pdh, chain = fw.pdh_cert_export(0 if probe else req.pdh_cert_len, 0 if probe else req.cert_chain_len)
         except status.InvalidLen:
-            req.pdh_cert_len, req.cert_chain_len = 0x824, 0x186C
+            req.pdh_cert_len, req.cert_chain_len = CERT_SIZE, PDH_CHAIN_SIZE
             self._write(caller, req)
             raise
         caller.write_at(_off(req, "pdh_cert_address"), pdh)
@@ -398,7 +410,7 @@ class SimulatedPsp:
         try:
             blob = fw.launch_measure(req.handle, 0 if probe else req.len)
         except status.InvalidLen:
-            req.len = 0x30
+            req.len = MEASUREMENT_SIZE
             self._write(caller, req)
             raise
         caller.write_at(_off(req, "address"), blob)
@@ -430,10 +442,6 @@ class SimulatedPsp:
 
 def _off(req: Any, field: str) -> int:
     return ffi.offsetof(ffi.typeof(req).item, field)
-
-
-def _needed_length(command: Any) -> int:
-    return {"pek_csr": 0x824, "get_id": 64}[command.__name__]
 
 
 _GUEST_HANDLERS = {
