@@ -16,7 +16,6 @@ from pathlib import Path
 from sevd.abi.policy import Policy
 from sevd.guest import GuestCommands
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import request_launch
 from sevd.xen.xsclient import Xenstore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -30,11 +29,6 @@ def line(name: str, value: float, unit: str, op: str, target: float) -> None:
     print(f"bench: {name} {value:.3g} {unit} target {op} {target:g} {'PASS' if ok else 'MISS'}")
 
 
-def request(h: Harness, domid: int, attest: bool = False) -> None:
-    gpa, size = h.toolstack.image_location(domid)
-    request_launch(h.xs, proto.LaunchRequest(domid, 1, Policy(0), False, attest, gpa, size))
-
-
 def timed_launch(h: Harness, domid: int) -> float:
     """Seconds from the request to `running`, waiting on a xenstore watch set up beforehand (no polling,
     which would steal the CPU from what is measured)."""
@@ -43,7 +37,7 @@ def timed_launch(h: Harness, domid: int) -> float:
         watcher.watch([proto.guest_path(domid, "state")])
         watcher.next_event(1.0)  # the watch's initial event
         start = time.perf_counter()
-        request(h, domid)
+        h.request(domid)
         deadline = start + 60
         while watcher.read(proto.guest_path(domid, "state")) != "running":
             if time.perf_counter() > deadline:
@@ -140,7 +134,7 @@ def run() -> None:
             latencies = []
             start = time.perf_counter()
             for domid in domids:
-                request(h, domid)
+                h.request(domid)
             while True:
                 latencies.append(list_latency(h))
                 states = [h.state(d) for d in domids]

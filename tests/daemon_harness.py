@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from sevd.abi.policy import Policy
 from sevd.simhost import SimulatedHost
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import SimulatedToolstack
+from sevd.xen.toolstack import SimulatedToolstack, request_launch
 from sevd.xen.xenstored import XenstoredStandIn
 from sevd.xen.xsclient import Xenstore
 
@@ -62,6 +63,13 @@ class Harness:
         rc = self.daemon.wait(timeout=30)
         self.daemon = None
         return rc
+
+    def request(self, domid: int, policy: Policy | None = None, attest: bool = False, session=None) -> None:
+        """Request the launch of `domid`'s boot image, as xl-sev does (an owner `session` optional)."""
+        policy = policy or Policy(0)
+        gpa, size = self.toolstack.image_location(domid)
+        godh, blob = (session.godh.to_bytes(), session.blob.to_bytes()) if session else (None, None)
+        request_launch(self.xs, proto.LaunchRequest(domid, 1, policy, policy.is_es(), attest, gpa, size, godh, blob))
 
     def state(self, domid: int) -> str | None:
         return self.xs.read(proto.guest_path(domid, "state"))

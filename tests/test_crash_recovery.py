@@ -18,7 +18,7 @@ from sevd.owner.secret import package_secret
 from sevd.owner.session import make_session
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import request_launch, send_command, send_secret
+from sevd.xen.toolstack import send_command, send_secret
 
 LAUNCH_STEPS = ["SEV_DOMAIN", "LAUNCH_START", "ACTIVATE", "SEV_ENABLED", "UPDATE_DATA", "MEASURE", "SECRET", "FINISH"]
 TEARDOWN_STEPS = ["DEACTIVATE", "DECOMMISSION", "DF_FLUSH"]
@@ -29,11 +29,7 @@ IMAGE = bytes(range(256)) * (300 * 4096 // 256)  # 300 pages: several physically
 
 def launch(h, name, session):
     domid = h.toolstack.create(name, 4, IMAGE)
-    gpa, size = h.toolstack.image_location(domid)
-    req = proto.LaunchRequest(
-        domid, 1, Policy(0), False, True, gpa, size, session.godh.to_bytes(), session.blob.to_bytes()
-    )
-    request_launch(h.xs, req)
+    h.request(domid, attest=True, session=session)
     return domid
 
 
@@ -160,8 +156,7 @@ def test_crash_during_update_vmsa_fails_cleanly(tmp_path, when):
     try:
         h.start_daemon({"SEVD_FAULT": f"{when}:UPDATE_VMSA"})
         domid = h.toolstack.create("es-crash", 4, IMAGE)
-        gpa, size = h.toolstack.image_location(domid)
-        request_launch(h.xs, proto.LaunchRequest(domid, 1, Policy.parse("ES"), True, False, gpa, size))
+        h.request(domid, Policy.parse("ES"))
         wait_for(lambda: h.daemon.poll() is not None, 30, "the injected crash")
         h.daemon = None
         h.start_daemon()

@@ -4,18 +4,15 @@ and the daemon keeps serving other guests."""
 import pytest
 from daemon_harness import Harness
 
-from sevd.abi.policy import Policy
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import request_launch
 
 IMAGE = b"\x90" * (80 * 4096)
 
 
 def launch(h, name):
     domid = h.toolstack.create(name, 2, IMAGE)
-    gpa, size = h.toolstack.image_location(domid)
-    request_launch(h.xs, proto.LaunchRequest(domid, 1, Policy(0), False, False, gpa, size))
+    h.request(domid)
     return domid
 
 

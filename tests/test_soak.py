@@ -5,10 +5,8 @@ from pathlib import Path
 
 from daemon_harness import Harness, wait_for
 
-from sevd.abi.policy import Policy
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import request_launch
 
 CYCLES = 500
 IMAGE = b"\xc3" * (4 * 4096)
@@ -29,8 +27,7 @@ def test_500_cycles_without_leaks(tmp_path):
         rss_early = 0
         for cycle in range(CYCLES):
             domid = h.toolstack.create(f"soak{cycle}", 1, IMAGE)
-            gpa, size = h.toolstack.image_location(domid)
-            request_launch(h.xs, proto.LaunchRequest(domid, 1, Policy(0), False, False, gpa, size))
+            h.request(domid)
             assert h.wait_state(domid, "running", "error", timeout=30) == "running", h.logs()[-3000:]
             asids_seen.add(h.xs.read(proto.guest_path(domid, "asid")))
             h.toolstack.destroy(domid)

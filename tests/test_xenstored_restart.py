@@ -4,10 +4,9 @@ finishes or reports every pending launch; nothing is lost."""
 import pytest
 from daemon_harness import Harness, wait_for
 
-from sevd.abi.policy import Policy
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import request_launch, send_command
+from sevd.xen.toolstack import send_command
 from sevd.xen.xenstored import XenstoredStandIn
 from sevd.xen.xsclient import Xenstore
 
@@ -32,8 +31,7 @@ def harness(tmp_path):
 
 def launch(h, name, attest):
     domid = h.toolstack.create(name, 2, IMAGE)
-    gpa, size = h.toolstack.image_location(domid)
-    request_launch(h.xs, proto.LaunchRequest(domid, 1, Policy(0), False, attest, gpa, size))
+    h.request(domid, attest=attest)
     return domid
 
 
