@@ -124,6 +124,7 @@ if [ "${SEVD_SKIP_BOOT:-0}" != 1 ]; then
     need test 'SEV domain started before SEV was enabled'
     need test 'SEV domctl refused \(-16\): MAKE_SEV: the domain has already run'
     need test 'SEVD-CHECK ok: python wbinvd_all \+ asids_flushed'
+    need test 'SEV: READ_SPA refused: 0x100000 in \[0x100000, \+0x1000\) is not RAM of'
 fi
 
 # ---- 4. the Linux patch -------------------------------------------------------------------------

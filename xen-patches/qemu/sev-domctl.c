@@ -13,6 +13,7 @@
  *   sev-domctl enable DOMID
  *   sev-domctl flushed ASID...
  *   sev-domctl check ASID SPA LEN
+ *   sev-domctl read ASID SPA LEN     (sev=test only; prints the first 16 bytes)
  *   sev-domctl wbinvd
  *
  * Prints one line "SEV-<OP>: ..." per call; exit status 0 on success, 1 on a
@@ -193,6 +194,39 @@ static int do_check(uint32_t asid, uint64_t spa, uint64_t len)
     return 0;
 }
 
+static int do_read(uint32_t asid, uint64_t spa, uint64_t len)
+{
+    struct xen_domctl d = { .domain = DOMID_INVALID };
+    uint8_t *out = xencall_alloc_buffer(xc, len ? len : 1);
+    unsigned long long sum = 0;
+    uint64_t i;
+
+    if ( !out )
+    {
+        printf("SEV-READ: error allocating a hypercall buffer\n");
+        return 1;
+    }
+    d.u.sev_op.op = XEN_DOMCTL_SEV_READ_SPA;
+    d.u.sev_op.u.read.asid = asid;
+    d.u.sev_op.u.read.spa = spa;
+    d.u.sev_op.u.read.len = len;
+    set_xen_guest_handle(d.u.sev_op.u.read.buffer, out);
+    if ( sev_op(&d, "READ") )
+    {
+        xencall_free_buffer(xc, out);
+        return 1;
+    }
+    for ( i = 0; i < len; i++ )
+        sum += out[i];
+    printf("SEV-READ: asid=%u spa=%#llx len=%#llx sum=%llu head=", asid,
+           (unsigned long long)spa, (unsigned long long)len, sum);
+    for ( i = 0; i < len && i < 16; i++ )
+        printf("%02x", out[i]);
+    printf("\n");
+    xencall_free_buffer(xc, out);
+    return 0;
+}
+
 static int do_wbinvd(void)
 {
     struct xen_domctl d = { .domain = DOMID_INVALID };
@@ -234,6 +268,9 @@ int main(int argc, char **argv)
     else if ( !strcmp(argv[1], "check") && argc == 5 )
         rc = do_check(strtoul(argv[2], NULL, 0), strtoull(argv[3], NULL, 0),
                       strtoull(argv[4], NULL, 0));
+    else if ( !strcmp(argv[1], "read") && argc == 5 )
+        rc = do_read(strtoul(argv[2], NULL, 0), strtoull(argv[3], NULL, 0),
+                     strtoull(argv[4], NULL, 0));
     else
         goto usage;
 
@@ -242,6 +279,7 @@ int main(int argc, char **argv)
 
  usage:
     fprintf(stderr, "usage: sev-domctl info | make DOMID [es] | ranges DOMID GFN NR"
-            " | enable DOMID | flushed ASID... | check ASID SPA LEN | wbinvd\n");
+            " | enable DOMID | flushed ASID... | check ASID SPA LEN | read ASID SPA LEN"
+            " | wbinvd\n");
     return 2;
 }
