@@ -47,6 +47,11 @@ clean:
 
 # Apply, build and boot the Xen SEV patches under QEMU, and compile the Dom0 kernel patch (~7 min on 2 cores;
 # see xen-patches/README.md). Installs its own Debian packages; caches in .cache/.
-.PHONY: xen-check
+.PHONY: xen-check system-test
 xen-check:
 	bash xen-patches/check.sh
+
+# The whole system on that Xen under QEMU: sevd in Dom0 with the real xenstored, stock xl and the
+# patched hypervisor; xl-sev launches SEV guests (~10 min; see docs/operations.md).
+system-test: $(STAMP)
+	bash xen-patches/system-test.sh

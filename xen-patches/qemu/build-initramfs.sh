@@ -4,11 +4,13 @@
 #                      (xen-utils-4.17) and xenstore-utils with their libraries, the sev-domctl test
 #                      program, and the PVH guest (kernel, initramfs, cfg)
 #   OUT/guest.cpio.gz  busybox and an init that prints a marker and powers off
-# usage: build-initramfs.sh OUT XEN_TREE KERNEL MODULES_DIR
+#   with VENV (the whole-system run): also the project's runtime packages from VENV, sevd with its
+#   compiled ioctl module, the sevd/xl-sev/sev-owner commands and xen-patches/qemu/system/
+# usage: build-initramfs.sh OUT XEN_TREE KERNEL MODULES_DIR [VENV]
 #   XEN_TREE: the patched Xen source tree (its public headers build sev-domctl)
 set -euo pipefail
 
-out=$(realpath -m "$1"); tree=$(realpath "$2"); kernel=$3; moddir=$4
+out=$(realpath -m "$1"); tree=$(realpath "$2"); kernel=$3; moddir=$4; venv=${5:-}
 here=$(cd "$(dirname "$0")" && pwd)
 XENBIN=/usr/lib/xen-4.17/bin
 
@@ -24,6 +26,14 @@ copy_with_libs() {
         for lib in $(ldd "$f" | awk '/=> \//{print $3} /^\t\/lib/{print $1}'); do
             [ -e "$root$lib" ] || install -D -m 0755 "$(realpath "$lib")" "$root$lib"
         done
+    done
+}
+
+# Only the shared libraries FILE needs (FILE itself is already in place).
+copy_libs_of() {
+    local root=$1 f=$2 lib
+    for lib in $(ldd "$f" | awk '/=> \//{print $3} /^\t\/lib/{print $1}'); do
+        [ -e "$root$lib" ] || install -D -m 0755 "$(realpath "$lib")" "$root$lib"
     done
 }
 
@@ -80,6 +90,31 @@ done
 mkdir -p "$root/opt/sevd"
 (cd "$repo" && find sevd -name '*.py' | cpio -pdm --quiet "$root/opt/sevd")
 cp "$here/domctl-smoke.py" "$root/opt/sevd/"
+
+if [ -n "$venv" ]; then
+    # Only what sevd needs at run time, from the venv `make venv` built (same Debian python3.11).
+    site=$(echo "$venv"/lib/python3.11/site-packages)
+    mkdir -p "$root/opt/site"
+    for p in cffi _cffi_backend.cpython-311-x86_64-linux-gnu.so pycparser click cryptography ioctl_opt pyxs systemd; do
+        cp -a "$site/$p" "$root/opt/site/"
+    done
+    find "$root/opt/site" -name __pycache__ -prune -exec rm -rf {} +
+    for so in $(find "$root/opt/site" -name '*.so'); do
+        copy_libs_of "$root" "$so"
+    done
+    rm -rf "$root/opt/sevd/sevd"
+    (cd "$repo" && find sevd -name __pycache__ -prune -o -type f -print | cpio -pdm --quiet "$root/opt/sevd")
+    for cmd in sevd:sevd_main xl-sev:xl_sev sev-owner:owner; do
+        name=${cmd%%:*}
+        cat > "$root/usr/bin/$name" <<WRAPPER
+#!/bin/sh
+exec python3 -c "import sys; from sevd.cli.${cmd#*:} import main; sys.argv[0] = '$name'; main()" "\$@"
+WRAPPER
+        chmod 0755 "$root/usr/bin/$name"
+    done
+    mkdir -p "$root/opt/sevd-system"
+    cp -a "$here/system/." "$root/opt/sevd-system/"
+fi
 
 mkdir -p "$root/guest"
 cp "$kernel" "$root/guest/vmlinuz"

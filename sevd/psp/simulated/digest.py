@@ -19,9 +19,8 @@ CTX_SIZE = 112
 
 
 def _load() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("crypto")
-    if not name:
-        return None
+    # find_library needs ldconfig or a compiler; a minimal root (the QEMU Dom0) has neither.
+    name = ctypes.util.find_library("crypto") or "libcrypto.so.3"
     try:
         lib = ctypes.CDLL(name)
         for fn in (lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final):
