@@ -11,6 +11,7 @@ compiled with the patched header.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 import struct
@@ -31,26 +32,88 @@ ffi = dc.ffi
 # -- the header, as the patch adds it ------------------------------------------------------------------
 
 
+DOMCTL_H = "xen/include/public/domctl.h"
+
+
+def _hunks(patch: Path, path: str = DOMCTL_H) -> list[tuple[list[str], list[str], bool]]:
+    """(old lines, new lines, removes any) of every hunk of `patch` touching `path`, read by the headers' counts."""
+    hunks: list[tuple[list[str], list[str], bool]] = []
+    lines = patch.read_text().splitlines()
+    current, i = None, 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if line.startswith("+++ "):
+            current = line[4:].strip().removeprefix("b/")
+        elif current == path and (m := re.match(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@", line)):
+            want_old, want_new = int(m.group(1) or 1), int(m.group(2) or 1)
+            old: list[str] = []
+            new: list[str] = []
+            removes = False
+            while len(old) < want_old or len(new) < want_new:
+                body = lines[i]
+                i += 1
+                tag, text = (body[:1] or " "), body[1:]
+                if tag == "\\":  # "\ No newline at end of file"
+                    continue
+                if tag in " -":
+                    old.append(text)
+                    removes |= tag == "-"
+                if tag in " +":
+                    new.append(text)
+            hunks.append((old, new, removes))
+    return hunks
+
+
+def _patches() -> list[Path]:
+    patches = sorted(PATCH_DIR.glob("*.patch"))
+    assert patches, f"no patches in {PATCH_DIR}"
+    return patches
+
+
 def _added_header_lines() -> list[str]:
     """The '+' lines the series adds to xen/include/public/domctl.h."""
     lines: list[str] = []
-    for patch in sorted(PATCH_DIR.glob("*.patch")):
+    for patch in _patches():
         current = None
         for line in patch.read_text().splitlines():
             if line.startswith("+++ "):
                 current = line[4:].strip()
-            elif current == "b/xen/include/public/domctl.h" and line.startswith("+"):
+            elif current == f"b/{DOMCTL_H}" and line.startswith("+"):
                 lines.append(line[1:])
     assert lines, "no patch adds to xen/include/public/domctl.h"
     return lines
 
 
-HEADER = _added_header_lines()
+def _header_after_series() -> list[str]:
+    """The parts of domctl.h the series touches, as they read after its last patch.
+
+    Xen's own header is not here, so each hunk is applied to the text earlier hunks produced: a hunk whose
+    old side is found there replaces it (a later patch extending the SEV structs), a hunk that only adds
+    lines next to Xen's unchanged text becomes a new fragment.  A hunk that changes lines of Xen's own
+    header cannot be followed and fails the test.
+    """
+    fragments: list[list[str]] = []
+    for patch in _patches():
+        for old, new, removes in _hunks(patch):
+            for frag in fragments:
+                at = next((k for k in range(len(frag) - len(old) + 1) if frag[k : k + len(old)] == old), None)
+                if old and at is not None:
+                    frag[at : at + len(old)] = new
+                    break
+            else:
+                assert not removes, f"{patch.name} changes lines of Xen's own {DOMCTL_H}"
+                fragments.append(list(new))
+    return [line for frag in fragments for line in frag + ["/* ... */"]]
 
 
-def _defines() -> dict[str, int]:
+ADDED = _added_header_lines()
+HEADER = _header_after_series()
+
+
+def _defines(header: list[str]) -> dict[str, int]:
     out = {}
-    for line in HEADER:
+    for line in header:
         m = re.match(r"#define\s+(\w+)\s+(.+?)\s*(/\*.*)?$", line)
         if m:
             expr = re.sub(r"(\d+)U\b", r"\1", m.group(2))
@@ -60,7 +123,7 @@ def _defines() -> dict[str, int]:
     return out
 
 
-DEFINES = _defines()
+DEFINES = _defines(HEADER)
 
 _SIZES = {"uint32_t": 4, "uint64_aligned_t": 8, "uint16_t": 2, "uint8_t": 1}
 
@@ -115,19 +178,21 @@ def test_the_patch_defines_the_numbers_the_backend_uses():
     assert DEFINES["XEN_DOMCTL_SEV_ASID_FLUSHED"] == dc.SEV_ASID_FLUSHED
     assert DEFINES["XEN_DOMCTL_SEV_CHECK_SPA"] == dc.SEV_CHECK_SPA
     assert DEFINES["XEN_DOMCTL_SEV_WBINVD"] == dc.SEV_WBINVD
+    assert DEFINES["XEN_DOMCTL_SEV_READ_SPA"] == dc.SEV_READ_SPA
+    assert DEFINES["XEN_DOMCTL_SEV_READ_MAX"] == dc.READ_MAX == 1 << 20
     assert DEFINES["XEN_DOMCTL_SEV_ES"] == dc.SEV_FLAG_ES
     assert DEFINES["XEN_SEV_INFO_AVAILABLE"] == dc.SEV_INFO_AVAILABLE
     assert DEFINES["XEN_SEV_INFO_TEST_MODE"] == dc.SEV_INFO_TEST_MODE
     assert DEFINES["XEN_SEV_INFO_ES"] == dc.SEV_INFO_ES
-    subops = ["INFO", "MAKE_SEV", "GET_RANGES", "ENABLE", "ASID_FLUSHED", "CHECK_SPA", "WBINVD"]
-    assert sorted(DEFINES[f"XEN_DOMCTL_SEV_{n}"] for n in subops) == list(range(7))
+    subops = ["INFO", "MAKE_SEV", "GET_RANGES", "ENABLE", "ASID_FLUSHED", "CHECK_SPA", "WBINVD", "READ_SPA"]
+    assert sorted(DEFINES[f"XEN_DOMCTL_SEV_{n}"] for n in subops) == list(range(8))
 
 
 def test_the_patch_keeps_the_domctl_interface_version():
     """Debian's 4.17 tools must keep working: the series must not bump XEN_DOMCTL_INTERFACE_VERSION."""
-    assert "XEN_DOMCTL_INTERFACE_VERSION" not in DEFINES
+    assert "XEN_DOMCTL_INTERFACE_VERSION" not in _defines(ADDED)
     assert dc.XEN_DOMCTL_INTERFACE_VERSION == 0x15
-    assert any("struct xen_domctl_sev_op            sev_op;" in line for line in HEADER)
+    assert any("struct xen_domctl_sev_op            sev_op;" in line for line in ADDED)
 
 
 @pytest.mark.parametrize(
@@ -139,6 +204,7 @@ def test_the_patch_keeps_the_domctl_interface_version():
         "xen_domctl_sev_ranges",
         "xen_domctl_sev_flushed",
         "xen_domctl_sev_check",
+        "xen_domctl_sev_read",
     ],
 )
 def test_cffi_layout_matches_the_patched_header(c_struct):
@@ -151,10 +217,10 @@ def test_cffi_layout_matches_the_patched_header(c_struct):
 
 def test_sev_op_union_members_match_the_patched_header():
     members = dict(STRUCTS["xen_domctl_sev_op"])
-    assert list(members) == ["op", "flags", "info", "make", "ranges", "flushed", "check"]
+    assert list(members) == ["op", "flags", "info", "make", "ranges", "flushed", "check", "read"]
     cffi_union = dict(ffi.typeof("struct xen_domctl_sev_op").fields)["u"].type
     assert [(n, f.type.cname) for n, f in cffi_union.fields] == [
-        (n, f"struct {members[n]}") for n in ["info", "make", "ranges", "flushed", "check"]
+        (n, f"struct {members[n]}") for n in ["info", "make", "ranges", "flushed", "check", "read"]
     ]
     assert ffi.offsetof("struct xen_domctl_sev_op", "u") == 8
     assert ffi.sizeof("struct xen_domctl_sev_op") == 8 + max(
@@ -320,6 +386,99 @@ def test_check_spa_bytes_and_chunks():
     assert all(c[:24] == frame(0x7FF4, 5) for c in lib.calls)
 
 
+class FakeMachine:
+    """Xen's side of READ_SPA: machine memory of one SEV domain (ASID 5) at 0x7A000000; refusals as documented."""
+
+    BASE, SIZE, ASID = 0x7A000000, 4 << 20, 5
+
+    def __init__(self):
+        self.memory = os.urandom(self.SIZE)
+
+    def __call__(self, d):
+        r = d.u.sev_op.u.read
+        if d.u.sev_op.op != dc.SEV_READ_SPA or r.pad or not 0 < r.len <= dc.READ_MAX:
+            ffi.errno = errno.EINVAL
+            return -1
+        if r.asid != self.ASID:
+            ffi.errno = errno.ESRCH
+            return -1
+        if not (r.spa >= self.BASE and r.spa + r.len <= self.BASE + self.SIZE):
+            ffi.errno = errno.EPERM
+            return -1
+        at = r.spa - self.BASE
+        ffi.memmove(ffi.cast("uint8_t *", r.buffer), self.memory[at : at + r.len], r.len)
+        return 0
+
+
+def test_read_spa_bytes_and_answer():
+    machine = FakeMachine()
+    lib = FakeXencall(machine)
+    assert dc.DomctlXen(lib).read_spa(5, 0x7A000010, 0x30) == machine.memory[0x10:0x40]
+    (call,) = lib.calls
+    assert call[:24] == frame(0x7FF4, 7)
+    asid, pad, spa, length, ptr = struct.unpack_from("<IIQQQ", call, 24)
+    assert (asid, pad, spa, length) == (5, 0, 0x7A000010, 0x30) and ptr != 0
+    assert call[24 + 32 :] == bytes(dc.DOMCTL_SIZE - 24 - 32)
+    assert not lib.buffers, "hypercall buffers are freed"
+
+
+def test_read_spa_chunks_at_1_mib_through_one_buffer():
+    machine = FakeMachine()
+    lib = FakeXencall(machine)
+    length = (2 << 20) + (512 << 10) + 16
+    assert dc.DomctlXen(lib).read_spa(5, 0x7A000000 + 32, length) == machine.memory[32 : 32 + length]
+    sent = [struct.unpack_from("<IIQQQ", c, 24) for c in lib.calls]
+    assert [(s[2], s[3]) for s in sent] == [
+        (0x7A000020, 1 << 20),
+        (0x7A000020 + (1 << 20), 1 << 20),
+        (0x7A000020 + (2 << 20), (512 << 10) + 16),
+    ]
+    assert len({s[4] for s in sent}) == 1, "one hypercall buffer serves every chunk"
+    assert not lib.buffers
+
+
+def test_read_spa_of_nothing_asks_xen_nothing():
+    lib = FakeXencall(FakeMachine())
+    assert dc.DomctlXen(lib).read_spa(5, 0x7A000000, 0) == b""
+    assert lib.calls == [] and not lib.buffers
+
+
+@pytest.mark.parametrize(
+    ("asid", "spa", "err", "words"),
+    [
+        (5, 0x7A000000 + (4 << 20) - 16, errno.EPERM, "not ordinary RAM of the SEV domain"),
+        (6, 0x7A000000, errno.ESRCH, "no live SEV domain holds that ASID"),
+    ],
+)
+def test_read_spa_refusals_keep_their_errno(asid, spa, err, words):
+    lib = FakeXencall(FakeMachine())
+    with pytest.raises(dc.DomctlError, match=words) as e:
+        dc.DomctlXen(lib).read_spa(asid, spa, 32)
+    assert e.value.errno == err
+    assert isinstance(e.value, HypervisorError)
+    assert f"READ_SPA of [{spa:#x}, +0x20) for ASID {asid}" in str(e.value)
+    assert not lib.buffers
+
+
+def test_read_spa_outside_sev_test_says_so():
+    def xen(d):
+        ffi.errno = errno.EOPNOTSUPP
+        return -1
+
+    with pytest.raises(dc.DomctlError, match="sev=test") as e:
+        dc.DomctlXen(FakeXencall(xen)).read_spa(5, 0x7A000000, 16)
+    assert e.value.errno == errno.EOPNOTSUPP
+
+
+def test_a_refusal_part_way_fails_the_whole_read():
+    """A page that is not the guest's in the third chunk: no partial bytes come back."""
+    lib = FakeXencall(FakeMachine())
+    with pytest.raises(dc.DomctlError) as e:
+        dc.DomctlXen(lib).read_spa(5, 0x7A000000 + (2 << 20), 3 << 20)
+    assert e.value.errno == errno.EPERM
+    assert len(lib.calls) == 3 and not lib.buffers
+
+
 @pytest.mark.parametrize(
     ("err", "words"),
     [
@@ -373,6 +532,12 @@ int main(void)
     P(xen_domctl_sev_info, nr_dirty); P(xen_domctl_sev_info, dirty); S(xen_domctl_sev_info);
     P(xen_domctl_sev_ranges, nr_ranges); P(xen_domctl_sev_ranges, ranges); S(xen_domctl_sev_ranges);
     P(xen_domctl_sev_flushed, asids); P(xen_domctl_sev_check, spa); P(xen_domctl_sev_check, len);
+#ifdef XEN_DOMCTL_SEV_READ_SPA
+    printf("XEN_DOMCTL_SEV_READ_SPA %u\n", XEN_DOMCTL_SEV_READ_SPA);
+    printf("XEN_DOMCTL_SEV_READ_MAX %u\n", XEN_DOMCTL_SEV_READ_MAX);
+    P(xen_domctl_sev_read, pad); P(xen_domctl_sev_read, spa); P(xen_domctl_sev_read, len);
+    P(xen_domctl_sev_read, buffer); S(xen_domctl_sev_read);
+#endif
     return 0;
 }
 """
@@ -395,6 +560,8 @@ def test_layout_matches_the_compiled_patched_header(tmp_path):
     assert got["XEN_DOMCTL_INTERFACE_VERSION"] == dc.XEN_DOMCTL_INTERFACE_VERSION
     assert got["__HYPERVISOR_domctl"] == dc.HYPERVISOR_DOMCTL
     assert got["DOMID_INVALID"] == dc.DOMID_INVALID
+    if "XEN_DOMCTL_SEV_READ_SPA" in got:  # a tree built before the READ_SPA patch lacks it
+        assert (got["XEN_DOMCTL_SEV_READ_SPA"], got["XEN_DOMCTL_SEV_READ_MAX"]) == (dc.SEV_READ_SPA, dc.READ_MAX)
     for key, value in got.items():
         if "." in key:
             t, f = key.split(".")

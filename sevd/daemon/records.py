@@ -36,6 +36,7 @@ class GuestRecord:
     image_gpa: int
     image_size: int
     state: str = "queued"
+    image_more: list[list[int]] = dataclasses.field(default_factory=list)  # further [gpa, size] pieces
     step: str = "NEW"  # last step completed
     pending: str | None = None  # step in flight
     handle: int = 0

@@ -60,6 +60,31 @@ class LaunchFailed(SevdError):
         self.name, self.message = name, message
 
 
+class XenWithSimulatedPsp:
+    """The real Xen in front of a simulated PSP (the sev=test whole-system test under emulation).
+
+    A real PSP learns of WBINVD from the CPUs; the simulated one must be told, after each WBINVD the daemon
+    asks Xen for (between DEACTIVATE and DF_FLUSH).  The WBINVD Xen runs by itself when an SEV domain dies
+    is not relayed: the DEACTIVATE that follows it clears the record anyway, and every DF_FLUSH the daemon
+    issues comes after its own WBINVD, so the simulated firmware never refuses one the real one would accept.
+    """
+
+    def __init__(self, xen: Any, psp_wbinvd: Callable[[], None]):
+        self.xen = xen
+        self.psp_wbinvd = psp_wbinvd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.xen, name)
+
+    def wbinvd_all_cpus(self) -> None:
+        self.xen.wbinvd_all_cpus()
+        self.psp_wbinvd()  # only once Xen has done it: a refused WBINVD must leave DF_FLUSH refused
+
+    def wbinvd_all(self) -> None:
+        self.xen.wbinvd_all()
+        self.psp_wbinvd()
+
+
 def open_hypervisor(config: Config, exists: Callable[[int], bool]) -> Hypervisor:
     if config.hypervisor_backend == "simulated":
         from sevd.psp.simulated.device import SimulatedPsp
@@ -69,7 +94,12 @@ def open_hypervisor(config: Config, exists: Callable[[int], bool]) -> Hypervisor
         return SimulatedXen(host, psp_wbinvd=SimulatedPsp(host).wbinvd_all_cpus)
     from sevd.xen import domctl  # the real backend: the patched Xen's SEV domctl through libxencall
 
-    return domctl.DomctlXen(exists=exists)
+    xen = domctl.DomctlXen(exists=exists)
+    if config.psp_backend == "simulated":
+        from sevd.psp.simulated.device import SimulatedPsp
+
+        return XenWithSimulatedPsp(xen, SimulatedPsp(Path(config.psp_path)).wbinvd_all_cpus)
+    return xen
 
 
 class Daemon:
@@ -91,6 +121,9 @@ class Daemon:
         self._asid_lock = threading.Lock()
         self._published: dict[str, str] = {}  # platform values last written, to write only changes
         self._requests: dict[int, proto.LaunchRequest] = {}  # requests taken, until the guest is gone
+        # Each launch asks Xen for its image's ranges once: GET_RANGES pins every frame it reports
+        # until the domain dies, so asking per UPDATE_DATA step would pin the image many times over.
+        self._image_ranges: dict[int, list[tuple[int, int]]] = {}
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -248,6 +281,7 @@ class Daemon:
                 self.teardown(rec)
                 self.records.delete(domid)
                 self._requests.pop(domid, None)
+                self._image_ranges.pop(domid, None)
                 self.log.info("domain %d gone: decommissioned", domid, extra=self._fields(rec))
                 self.publish_platform()
             self.xs.rm(base)
@@ -338,6 +372,7 @@ class Daemon:
             attest=req.attest,
             image_gpa=req.image_gpa,
             image_size=req.image_size,
+            image_more=[list(piece) for piece in req.image_more],
         )
         self.records.save(rec)
         rec.state = "launching"
@@ -397,7 +432,14 @@ class Daemon:
         return LAUNCH_STEPS[index + 1] if index + 1 < len(LAUNCH_STEPS) else None
 
     def _ranges(self, rec: GuestRecord) -> list[tuple[int, int]]:
-        return self.hv.guest_ranges(rec.domid, rec.image_gpa, rec.image_size)
+        """The image's system-physical ranges, piece after piece: the order the owner measures in."""
+        ranges = self._image_ranges.get(rec.domid)
+        if ranges is None:
+            ranges = []
+            for gpa, size in [(rec.image_gpa, rec.image_size), *rec.image_more]:
+                ranges += self.hv.guest_ranges(rec.domid, gpa, size)
+            self._image_ranges[rec.domid] = ranges
+        return ranges
 
     def launch(self, rec: GuestRecord) -> None:
         domid = rec.domid

@@ -1,7 +1,8 @@
 """The real hypervisor backend: XEN_DOMCTL_sev_op of our Xen patches, reached through libxencall.
 
 `DomctlXen` answers the same calls as `SimulatedXen` (sevd/xen/hypervisor.py): make_sev_domain,
-boot_image_ranges, enable_sev, asids_flushed; plus info() and check_spa().  It talks to Xen with
+boot_image_ranges, enable_sev, asids_flushed; plus info(), check_spa(), wbinvd_all() and, for the PSP
+simulated in Dom0 under sev=test only, read_spa().  It talks to Xen with
 Debian's libxencall (`libxencall.so.1`, stable ABI) in cffi ABI mode: no Xen headers are needed.
 
 The domctl layout below is this project's one definition of it in Python; it must match the public
@@ -38,6 +39,7 @@ SEV_ENABLE = 3
 SEV_ASID_FLUSHED = 4
 SEV_CHECK_SPA = 5
 SEV_WBINVD = 6
+SEV_READ_SPA = 7  # sev=test only: guest memory for the PSP simulated in Dom0
 
 # Flags.
 SEV_FLAG_ES = 1 << 0  # XEN_DOMCTL_SEV_ES (MAKE_SEV)
@@ -49,6 +51,7 @@ SEV_INFO_ES = 1 << 2
 RANGES_MAX_FRAMES = 1024
 FLUSHED_MAX = 4096
 CHECK_MAX = 16 << 20
+READ_MAX = 1 << 20  # XEN_DOMCTL_SEV_READ_MAX
 
 # Guest handles (XEN_GUEST_HANDLE_64) are 64-bit addresses of hypercall buffers on x86-64.
 CDEF = """
@@ -94,6 +97,14 @@ struct xen_domctl_sev_check {
     uint64_t len;
 };
 
+struct xen_domctl_sev_read {
+    uint32_t asid;
+    uint32_t pad;
+    uint64_t spa;
+    uint64_t len;
+    uint64_t buffer;
+};
+
 struct xen_domctl_sev_op {
     uint32_t op;
     uint32_t flags;
@@ -103,6 +114,7 @@ struct xen_domctl_sev_op {
         struct xen_domctl_sev_ranges ranges;
         struct xen_domctl_sev_flushed flushed;
         struct xen_domctl_sev_check check;
+        struct xen_domctl_sev_read read;
     } u;
 };
 
@@ -143,6 +155,22 @@ _ERRNO_HINTS = {
     errno_mod.E2BIG: "too many frames pinned or ASIDs listed in one call",
 }
 
+# READ_SPA's refusals say something else (docs/xen.md).
+_READ_HINTS = {
+    errno_mod.EOPNOTSUPP: "READ_SPA exists only when Xen is booted with sev=test",
+    errno_mod.EINVAL: "refused: length 0 or over 1 MiB, or not an SEV ASID",
+    errno_mod.ESRCH: "no live SEV domain holds that ASID",
+    errno_mod.EPERM: "a page of the range is not ordinary RAM of the SEV domain with that ASID",
+}
+
+
+class DomctlError(HypervisorError):
+    """Xen refused a sub-op; `errno` says why, for callers that must tell refusals apart."""
+
+    def __init__(self, message: str, errno: int):
+        super().__init__(message)
+        self.errno = errno
+
 
 @dataclasses.dataclass(frozen=True)
 class SevInfo:
@@ -176,7 +204,12 @@ class DomctlXen:
         image_frames: Callable[[int], tuple[int, int]] | None = None,
         exists: Callable[[int], bool] | None = None,
     ):
-        self.lib = lib if lib is not None else ffi.dlopen("libxencall.so.1")
+        if lib is None:
+            try:
+                lib = ffi.dlopen("libxencall.so.1")
+            except OSError as exc:
+                raise HypervisorError(f"cannot load libxencall.so.1 ({exc}): not a Xen Dom0?") from None
+        self.lib = lib
         self.image_frames = image_frames or ovmf_layout()
         # Whether a domain still exists; the daemon answers from xenstore (/local/domain/<domid>).
         self.exists = exists
@@ -203,7 +236,15 @@ class DomctlXen:
     def _free(self, buf: Any) -> None:
         self.lib.xencall_free_buffer(self.handle, buf)
 
-    def _sev_op(self, domid: int, op: int, what: str, fill: Callable[[Any], None] | None = None, flags: int = 0):
+    def _sev_op(
+        self,
+        domid: int,
+        op: int,
+        what: str,
+        fill: Callable[[Any], None] | None = None,
+        flags: int = 0,
+        hints: dict[int, str] | None = None,
+    ):
         """Issue one sub-op; returns a copy of the struct xen_domctl as Xen left it."""
         domctl = self._buffer("struct xen_domctl", 1)
         try:
@@ -220,7 +261,8 @@ class DomctlXen:
                 err = ffi.errno
                 name = errno_mod.errorcode.get(err, str(err))
                 target = "" if domid == DOMID_INVALID else f" for domain {domid}"
-                raise HypervisorError(f"Xen refused {what}{target}: {name}: {_ERRNO_HINTS.get(err, 'see the Xen log')}")
+                hint = (hints or {}).get(err) or _ERRNO_HINTS.get(err, "see the Xen log")
+                raise DomctlError(f"Xen refused {what}{target}: {name}: {hint}", err)
             out = ffi.new("struct xen_domctl *")
             ffi.memmove(out, domctl, DOMCTL_SIZE)
             return out
@@ -356,3 +398,32 @@ class DomctlXen:
             self._sev_op(DOMID_INVALID, SEV_CHECK_SPA, "CHECK_SPA", fill)
             spa += n
             length -= n
+
+    def read_spa(self, asid: int, spa: int, length: int) -> bytes:
+        """sev=test only: the bytes [spa, spa+length) of the SEV guest holding `asid`, for the PSP simulated
+        in Dom0, which like the real one is handed machine addresses.  Xen checks them as for CHECK_SPA."""
+        if length < 0 or spa < 0:
+            raise HypervisorError(f"READ_SPA: [{spa:#x}, +{length:#x}) is not a range")
+        out = bytearray(length)
+        if not length:
+            return bytes(out)
+        size = min(length, READ_MAX)
+        buf = self._buffer("uint8_t", size)
+        try:
+            done = 0
+            while done < length:
+                n = min(length - done, READ_MAX)
+
+                def fill(u, at=spa + done, n=n):
+                    u.read.asid = asid
+                    u.read.spa = at
+                    u.read.len = n
+                    u.read.buffer = int(ffi.cast("uintptr_t", buf))
+
+                what = f"READ_SPA of [{spa + done:#x}, +{n:#x}) for ASID {asid}"
+                self._sev_op(DOMID_INVALID, SEV_READ_SPA, what, fill, hints=_READ_HINTS)
+                out[done : done + n] = ffi.buffer(buf, n)
+                done += n
+            return bytes(out)
+        finally:
+            self._free(buf)

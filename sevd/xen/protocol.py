@@ -5,7 +5,7 @@ Dom0 with permissions "n0": no guest can read or write any of it, its own nodes 
 
     /sevd/daemon/{ready,pid}                          daemon
     /sevd/platform/{api,build,state,owner,es,guests,free-sev-asids,free-es-asids}   daemon
-    /sevd/guest/<domid>/request/{policy,es,godh,session,attest,image-gpa,image-size}  toolstack
+    /sevd/guest/<domid>/request/{policy,es,godh,session,attest,image-gpa,image-size,image-more}  toolstack
     /sevd/guest/<domid>/request/generation            toolstack, written last: submits the request
     /sevd/guest/<domid>/secret/{header,data,gpa}      toolstack (the owner's packet; removed after use)
     /sevd/guest/<domid>/command                       toolstack: "inject-secret" | "finish" | "destroy"
@@ -81,6 +81,29 @@ def _int(name: str, text: str, lo: int, hi: int) -> int:
     return value
 
 
+MAX_IMAGE = 1 << 30
+MAX_IMAGE_PIECES = 16
+
+
+def _image_more(text: str) -> tuple[tuple[int, int], ...]:
+    """`GPA+SIZE` pieces separated by single spaces, each page-aligned and non-empty."""
+    name = "request/image-more"
+    pieces = text.split(" ")
+    if not 1 <= len(pieces) < MAX_IMAGE_PIECES:
+        raise InputError(f"{name}: give 1..{MAX_IMAGE_PIECES - 1} GPA+SIZE pieces separated by single spaces")
+    out = []
+    for piece in pieces:
+        gpa_text, plus, size_text = piece.partition("+")
+        if not plus:
+            raise InputError(f"{name}: {piece[:40]!r} is not GPA+SIZE")
+        gpa = _int(name, gpa_text, 0, 2**52)
+        size = _int(name, size_text, 1, MAX_IMAGE)
+        if gpa % 4096:
+            raise InputError(f"{name}: {gpa:#x} is not page aligned")
+        out.append((gpa, size))
+    return tuple(out)
+
+
 def _flag(name: str, text: str) -> bool:
     if text not in ("0", "1"):
         raise InputError(f"{name}: must be 0 or 1, got {text[:16]!r}")
@@ -100,6 +123,13 @@ class LaunchRequest:
     image_size: int
     godh: bytes | None = None
     session: bytes | None = None
+    # Further (gpa, size) pieces of the image, measured in order after the first: a PVH guest's
+    # ramdisk lies past a start-info page the toolstack puts between it and the kernel.
+    image_more: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def image_ranges(self) -> tuple[tuple[int, int], ...]:
+        return ((self.image_gpa, self.image_size), *self.image_more)
 
     @classmethod
     def parse(cls, domid: int, nodes: dict[str, str]) -> LaunchRequest:
@@ -110,7 +140,8 @@ class LaunchRequest:
                 raise InputError(f"request/{key}: missing")
             return nodes[key]
 
-        unknown = set(nodes) - {"policy", "es", "godh", "session", "attest", "image-gpa", "image-size", "generation"}
+        known = {"policy", "es", "godh", "session", "attest", "image-gpa", "image-size", "image-more", "generation"}
+        unknown = set(nodes) - known
         if unknown:
             raise InputError(f"request: unknown node(s) {', '.join(sorted(unknown))}")
         generation = _int("request/generation", need("generation"), 1, 2**63)
@@ -127,10 +158,17 @@ class LaunchRequest:
             godh = _b64("request/godh", need("godh"), CERT_SIZE)
             session = _b64("request/session", need("session"), SESSION_SIZE)
         image_gpa = _int("request/image-gpa", need("image-gpa"), 0, 2**52)
-        image_size = _int("request/image-size", need("image-size"), 1, 1 << 30)
+        image_size = _int("request/image-size", need("image-size"), 1, MAX_IMAGE)
         if image_gpa % 4096:
             raise InputError("request/image-gpa: must be page aligned")
-        return cls(domid, generation, policy, es, attest, image_gpa, image_size, godh, session)
+        image_more = _image_more(nodes["image-more"]) if "image-more" in nodes else ()
+        ranges = sorted(((image_gpa, image_size), *image_more))
+        if sum(size for _, size in ranges) > MAX_IMAGE:
+            raise InputError(f"request/image-more: the image's pieces add up to more than {MAX_IMAGE} bytes")
+        for (gpa, size), (next_gpa, _) in zip(ranges, ranges[1:], strict=False):
+            if gpa + size > next_gpa:
+                raise InputError(f"request/image-more: the piece at {next_gpa:#x} overlaps the one at {gpa:#x}")
+        return cls(domid, generation, policy, es, attest, image_gpa, image_size, godh, session, image_more)
 
     def to_nodes(self) -> dict[str, str]:
         """The toolstack's side: what to write (generation last, in the same transaction)."""
@@ -141,6 +179,8 @@ class LaunchRequest:
             "image-gpa": f"0x{self.image_gpa:x}",
             "image-size": str(self.image_size),
         }
+        if self.image_more:
+            nodes["image-more"] = " ".join(f"0x{gpa:x}+0x{size:x}" for gpa, size in self.image_more)
         if self.godh is not None and self.session is not None:
             nodes["godh"] = base64.b64encode(self.godh).decode()
             nodes["session"] = base64.b64encode(self.session).decode()

@@ -8,12 +8,16 @@ commands that need it, the length probe, the 16 KiB blob cap, EIO with the statu
 the firmware fails.  Guest commands arrive through SEV_ISSUE_GUEST_CMD, the ioctl of our Dom0
 kernel patch.  Every command runs under the host's mailbox lock and loads and saves the firmware
 state, so several processes can share one simulated PSP and it outlives them all.
+
+Its memory is the simulated host's memory file, or (memory kind "xen") the machine memory of the Xen
+host it runs on, read through Xen under sev=test: a measure-only TEST MODE for emulated hardware.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +41,7 @@ from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
 from sevd.psp.simulated import tables
 from sevd.psp.simulated.firmware import MAX_HANDLES, Firmware, new_state
 from sevd.psp.simulated.identity import Identity
-from sevd.psp.simulated.memory import PhysicalMemory
+from sevd.psp.simulated.memory import MachineMemory, PhysicalMemory
 
 C = FirmwareCommand
 _SECRET_TRANSPORT_MAX = 0x5000  # the guest patch lets LAUNCH_SECRET's transport buffer reach the firmware's limit
@@ -90,6 +94,13 @@ class _Errno(Exception):
         self.value = value
 
 
+# config.json's memory kind for machine memory read through Xen (DomctlXen.read_spa); otherwise a file path.
+XEN_MACHINE_MEMORY = "xen"
+
+log = logging.getLogger("sevd.psp.simulated")
+_warned: set[Path] = set()  # PSP directories whose test mode this process has announced
+
+
 # Simulated CPU defaults (CPUID 0x8000001F): ASIDs 1..4 for SEV-ES, 5..max for SEV.
 DEFAULT_MAX_ASID = 64
 DEFAULT_MIN_SEV_ASID = 5
@@ -106,20 +117,26 @@ def create_psp(
     max_asid: int = DEFAULT_MAX_ASID,
     min_sev_asid: int = DEFAULT_MIN_SEV_ASID,
     build: int = DEFAULT_BUILD,
-    memory: Path | None = None,
+    memory: Path | str | None = None,
     es: bool = False,
     max_guests: int = MAX_HANDLES,
+    encrypt: bool = True,
 ) -> None:
     """A new simulated chip in `host`/psp; the kernel INITs it at probe time, as Linux does.
 
+    `memory`: the memory file (default `host`/memory.img), or XEN_MACHINE_MEMORY ("xen"): the machine
+    memory of the Xen host this runs on, measure-only, so `encrypt` must then be False.
     `es`: the CPU supports SEV-ES, so the kernel INITs the firmware with the ES flag (Linux does
     when it could allocate the TMR).  `max_guests`: the firmware's guest-handle limit (1024).
     """
+    kind = str(memory or Path(host) / "memory.img")
+    if kind == XEN_MACHINE_MEMORY and encrypt:
+        raise ValueError("machine memory read through Xen cannot be encrypted: create the PSP with encrypt=False")
     directory = psp_dir(host)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "digests").mkdir(exist_ok=True)
     Identity(directory / "identity").create()
-    write_json(directory / "config.json", {"memory": str(memory or Path(host) / "memory.img"), "es": es})
+    write_json(directory / "config.json", {"memory": kind, "es": es, "encrypt": encrypt})
     state = new_state(build, max_asid, min_sev_asid, os.urandom(64), max_guests=max_guests)
     write_json(directory / "state.json", state)
     psp = SimulatedPsp(host)
@@ -128,18 +145,50 @@ def create_psp(
 
 
 class SimulatedPsp:
-    """An open simulated /dev/sev.  `writable` is the fd's mode, as the driver checks it."""
+    """An open simulated /dev/sev.  `writable` is the fd's mode, as the driver checks it.
 
-    def __init__(self, host: Path | str, *, writable: bool = True, encrypt: bool = True):
+    `encrypt`: None follows config.json; False measures without encrypting (the test mode for emulated
+    hardware); True is refused for machine memory, which cannot be encrypted.
+    """
+
+    def __init__(self, host: Path | str, *, writable: bool = True, encrypt: bool | None = None):
         self.host = Path(host)
         self.dir = psp_dir(self.host)
         if not (self.dir / "state.json").exists():
             raise FileNotFoundError(f"{self.dir}: no simulated PSP here (create the simulated host first)")
         self.writable = writable
-        self.encrypt = encrypt
         config = read_json(self.dir / "config.json")
-        self.memory = PhysicalMemory(Path(config["memory"]))
+        configured = bool(config.get("encrypt", True))
+        self.encrypt = configured if encrypt is None else encrypt
+        self._xen: Any = None
+        self.memory: PhysicalMemory | MachineMemory
+        if config["memory"] == XEN_MACHINE_MEMORY:
+            if self.encrypt:
+                raise ValueError(f"{self.dir}: machine memory read through Xen cannot be encrypted")
+            self.memory = MachineMemory(self._read_spa, close=self._close_xen)
+            if self.dir.resolve() not in _warned:
+                _warned.add(self.dir.resolve())
+                log.warning(
+                    "%s: this is the SIMULATED PSP in measure-only TEST MODE: guest memory is NOT encrypted "
+                    "(machine memory read through Xen's sev=test READ_SPA)",
+                    self.dir,
+                )
+        else:
+            self.memory = PhysicalMemory(Path(config["memory"]))
         self.es = bool(config.get("es", False))
+
+    def _read_spa(self, asid: int, spa: int, length: int) -> bytes:
+        # Xen is opened on the first read, so a PSP that never touches guest memory needs no libxencall.
+        if self._xen is None:
+            from sevd.xen.domctl import DomctlXen
+
+            self._xen = DomctlXen()
+        return self._xen.read_spa(asid, spa, length)
+
+    def _close_xen(self) -> None:
+        if self._xen is not None:
+            self._xen.close()
+            self._xen = None
 
     def close(self) -> None:
         self.memory.close()

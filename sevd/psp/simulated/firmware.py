@@ -39,7 +39,7 @@ from sevd.errors import InputError, VerificationError
 from sevd.psp.simulated import tables
 from sevd.psp.simulated.digest import LaunchDigest
 from sevd.psp.simulated.identity import API_MAJOR, API_MINOR, Identity
-from sevd.psp.simulated.memory import BLOCK, OutOfRange, PhysicalMemory, crypt
+from sevd.psp.simulated.memory import BLOCK, MachineMemory, MemoryFault, OutOfRange, PhysicalMemory, crypt
 
 MAX_HANDLES = 1024
 SECRET_FLAG_COMPRESSED = 0x1
@@ -69,14 +69,22 @@ def new_state(
 
 class Firmware:
     def __init__(
-        self, state: dict[str, Any], identity: Identity, memory: PhysicalMemory, digests: Path, *, encrypt: bool = True
+        self,
+        state: dict[str, Any],
+        identity: Identity,
+        memory: PhysicalMemory | MachineMemory,
+        digests: Path,
+        *,
+        encrypt: bool = True,
     ):
+        # encrypt=False is the test mode for emulated hardware that cannot decrypt guest memory:
+        # everything is measured, nothing is encrypted in place.
+        if encrypt and not memory.can_encrypt:
+            raise ValueError("this memory cannot be encrypted (machine memory read through Xen): use encrypt=False")
         self.state = state
         self.identity = identity
         self.memory = memory
         self.digests = digests
-        # encrypt=False is the test mode for emulated hardware that cannot decrypt guest memory:
-        # everything is measured, nothing is encrypted in place.
         self.encrypt = encrypt
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -121,6 +129,15 @@ class Firmware:
     def _check_range(self, cmd: C, spa: int, length: int) -> None:
         if not self.memory.contains(spa, length):
             raise status.InvalidAddress(cmd.name, detail=f"[{spa:#x}, +{length:#x}) is outside memory")
+
+    def _touch(self, cmd: C, access: Any, *args: Any, **kwargs: Any) -> Any:
+        """A guest-memory access; machine memory can still be refused by Xen after the range check."""
+        try:
+            return access(*args, **kwargs)
+        except OutOfRange as exc:
+            raise status.InvalidAddress(cmd.name, detail=str(exc)) from None
+        except MemoryFault as exc:
+            raise status.HwerrorPlatform(cmd.name, detail=str(exc)) from None
 
     @staticmethod
     def _keys(guest: dict[str, Any]) -> TransportKeys:
@@ -326,9 +343,17 @@ class Firmware:
 
     def _measure_in_place(self, cmd: C, guest: dict[str, Any], handle: int, spa: int, length: int) -> None:
         """Hash the plaintext into the launch digest, then encrypt it in place (one pass each, no copies)."""
-        digest = LaunchDigest(guest["digest"], self._digest_path(handle))
+        spill = self._digest_path(handle)
+        digest = LaunchDigest(guest["digest"], spill)
         vek = bytes.fromhex(guest["vek"]) if self.encrypt else None
-        self.memory.in_place(spa, length, digest.update, vek)
+        # A refusal part-way must not leave part of the range measured (the midstate is simply not saved).
+        mark = spill.stat().st_size if digest.state == "file" else None
+        try:
+            self._touch(cmd, self.memory.in_place, spa, length, digest.update, vek, asid=guest["asid"])
+        except status.FirmwareError:
+            if mark is not None:
+                os.truncate(spill, mark)
+            raise
         guest["digest"] = digest.state
 
     def launch_update_data(self, handle: int, spa: int, length: int) -> None:
@@ -397,7 +422,8 @@ class Firmware:
             raise status.Unsupported(cmd.name, detail="compressed secrets")
         self._check_range(cmd, guest_spa, guest_len)
         vek = bytes.fromhex(guest["vek"])
-        self.memory.write(guest_spa, crypt(vek, guest_spa, plaintext) if self.encrypt else plaintext)
+        data = crypt(vek, guest_spa, plaintext) if self.encrypt else plaintext
+        self._touch(cmd, self.memory.write, guest_spa, data, asid=guest["asid"], what="the secret")
 
     def launch_finish(self, handle: int) -> None:
         cmd = C.LAUNCH_FINISH
@@ -422,13 +448,14 @@ class Firmware:
 
     def dbg_decrypt(self, handle: int, spa: int, length: int) -> bytes:
         guest = self._debug_guest(C.DBG_DECRYPT, handle, spa, length)
-        data = self.memory.read(spa, length)
+        data = self._touch(C.DBG_DECRYPT, self.memory.read, spa, length, asid=guest["asid"])
         return crypt(bytes.fromhex(guest["vek"]), spa, data) if self.encrypt else data
 
     def dbg_encrypt(self, handle: int, spa: int, plaintext: bytes) -> None:
         guest = self._debug_guest(C.DBG_ENCRYPT, handle, spa, len(plaintext))
         vek = bytes.fromhex(guest["vek"])
-        self.memory.write(spa, crypt(vek, spa, plaintext) if self.encrypt else plaintext)
+        data = crypt(vek, spa, plaintext) if self.encrypt else plaintext
+        self._touch(C.DBG_ENCRYPT, self.memory.write, spa, data, asid=guest["asid"], what="DBG_ENCRYPT data")
 
     def unsupported(self, cmd: C, handle: int) -> None:
         """Migration and firmware download: state checks as the tables say, then UNSUPPORTED."""
