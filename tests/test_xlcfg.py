@@ -77,8 +77,8 @@ def test_syntax_error_is_reported_as_xl_does(tmp_path):
         (SEV + "sev_polcy = 1\n", ":6: unknown key `sev_polcy'"),
         (SEV + "sev_es = 1\nsev_policy = 0x1\n", ":6: `sev_es' = 1 but sev_policy 0x00000001 lacks the ES bit"),
         (SEV + "sev = 2\n", ":6: `sev' must be 0 or 1, got 2"),
-        (SEV.replace('"hvm"', '"pv"'), ':2: an SEV guest needs type = "hvm"'),
-        (SEV.replace('"ovmf"', '"seabios"'), ':4: an SEV guest needs bios = "ovmf"'),
+        (SEV.replace('"hvm"', '"pv"'), ':2: an SEV guest needs type = "hvm" or "pvh", got \'pv\''),
+        (SEV.replace('"ovmf"', '"seabios"'), ':4: an SEV HVM guest needs bios = "ovmf"'),
         (SEV.replace("memory = 64", 'memory = "lots"'), ":3: parameter `memory' is not a valid number"),
         (
             SEV.replace("memory = 64", "memory = 1"),

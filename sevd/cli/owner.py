@@ -192,7 +192,13 @@ def session_cmd(pdh_path: str, policy: str, out_dir: str, chain_dir: str | None,
 def _measure_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(
         [
-            click.option("--image", required=True, type=click.Path(dir_okay=False), help="The boot image."),
+            click.option("--image", type=click.Path(dir_okay=False), help="The boot image (firmware, e.g. OVMF)."),
+            click.option(
+                "--kernel",
+                type=click.Path(dir_okay=False),
+                help="Instead of --image: a PVH guest's kernel (direct boot).",
+            ),
+            click.option("--ramdisk", type=click.Path(dir_okay=False), help="With --kernel: the PVH guest's ramdisk."),
             click.option("--policy", required=True, help="Guest policy."),
             click.option("--api", required=True, help="Firmware API version MAJOR.MINOR, e.g. 0.22."),
             click.option("--build", required=True, help="Firmware build number."),
@@ -205,10 +211,29 @@ def _measure_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _measure_inputs(image: str, policy: str, api: str, build: str, vmsa: tuple[str, ...]) -> dict[str, Any]:
+def _boot_image(image: str | None, kernel: str | None, ramdisk: str | None) -> bytes:
+    """The measured bytes: a firmware file as it is, or a PVH kernel and ramdisk as Xen's toolstack loads them."""
+    if (image is None) == (kernel is None):
+        raise InputError("give either --image FILE (firmware) or --kernel FILE [--ramdisk FILE] (PVH direct boot)")
+    if image is not None:
+        if ramdisk is not None:
+            raise InputError("--ramdisk goes with --kernel, not with --image")
+        return files.read_bytes(image, "boot image")
+    from sevd.owner.pvh import load_pvh_image
+
+    assert kernel is not None
+    initrd = files.read_bytes(ramdisk, "ramdisk") if ramdisk else None
+    return load_pvh_image(
+        files.read_bytes(kernel, "kernel"), initrd, kernel_name=kernel, ramdisk_name=str(ramdisk)
+    ).data
+
+
+def _measure_inputs(
+    image: str | None, kernel: str | None, ramdisk: str | None, policy: str, api: str, build: str, vmsa: tuple[str, ...]
+) -> dict[str, Any]:
     major, minor = parse_api(api)
     return {
-        "image": files.read_bytes(image, "boot image"),
+        "image": _boot_image(image, kernel, ramdisk),
         "policy": parse_policy(policy),
         "api_major": major,
         "api_minor": minor,
@@ -222,7 +247,9 @@ def _measure_inputs(image: str, policy: str, api: str, build: str, vmsa: tuple[s
 @click.option("--mnonce", required=True, help="The launch's mnonce, 32 hex digits.")
 @_verb
 def measurement_cmd(
-    image: str,
+    image: str | None,
+    kernel: str | None,
+    ramdisk: str | None,
     policy: str,
     api: str,
     build: str,
@@ -232,7 +259,7 @@ def measurement_cmd(
     mnonce: str,
 ) -> _Result:
     """Compute the measurement a correct launch of IMAGE reports (hex and base64 of measure||mnonce)."""
-    inputs = _measure_inputs(image, policy, api, build, vmsa)
+    inputs = _measure_inputs(image, kernel, ramdisk, policy, api, build, vmsa)
     key = files.read_tik(tik, tk)
     m = owner_measurement.expected_measurement(**inputs, tik=key, mnonce=parse_mnonce(mnonce))
     return _Result(
@@ -248,7 +275,9 @@ def measurement_cmd(
 @click.option("--measurement", "reported", required=True, help="LAUNCH_MEASURE as base64 (measure||mnonce).")
 @_verb
 def verify_measurement_cmd(
-    image: str,
+    image: str | None,
+    kernel: str | None,
+    ramdisk: str | None,
     policy: str,
     api: str,
     build: str,
@@ -258,7 +287,7 @@ def verify_measurement_cmd(
     reported: str,
 ) -> _Result:
     """Check a reported measurement against IMAGE, policy, API version and build (constant-time compare)."""
-    inputs = _measure_inputs(image, policy, api, build, vmsa)
+    inputs = _measure_inputs(image, kernel, ramdisk, policy, api, build, vmsa)
     key = files.read_tik(tik, tk)
     m = LaunchMeasurement.from_base64(reported, "--measurement")
     owner_measurement.verify_measurement(m, **inputs, tik=key)

@@ -368,8 +368,10 @@ class XlToolstack:
 
     def __init__(self, xl: str = "xl"):
         self.xl = xl
+        # PVH: where libxenguest put the kernel and ramdisk, from its own log of `xl -vvv create`.
+        self.pvh_ranges: dict[int, list[tuple[int, int]]] = {}
 
-    def _xl(self, *args: str) -> str:
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         try:
             proc = subprocess.run([self.xl, *args], capture_output=True, text=True, timeout=120)
         except FileNotFoundError:
@@ -377,19 +379,48 @@ class XlToolstack:
         if proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise SevdError(f"xl {' '.join(args)} failed (exit {proc.returncode}): {' / '.join(detail[-3:])}")
-        return proc.stdout
+        return proc
+
+    def _xl(self, *args: str) -> str:
+        return self._run(*args).stdout
 
     def create(self, guest: xlcfg.GuestConfig, image: bytes) -> int:
-        self._xl("create", "-p", guest.path)
+        if guest.sev and guest.pvh:
+            # -vvv makes libxenguest log each segment it allocates: the only account of where it
+            # loaded the kernel and ramdisk (their place depends on the kernel's ELF headers).
+            proc = self._run("-vvv", "create", "-p", guest.path)
+            log = proc.stderr + proc.stdout
+        else:
+            self._xl("create", "-p", guest.path)
         out = self._xl("domid", guest.name).strip()
         if not out.isdigit():
             raise SevdError(f"xl domid {guest.name}: unexpected answer {out[:40]!r}")
-        return int(out)
+        domid = int(out)
+        if guest.sev and guest.pvh:
+            from sevd.owner.pvh import measured_ranges, parse_domain_builder_log
 
-    def image_location(self, domid: int, image_size: int) -> tuple[int, int]:
+            try:
+                self.pvh_ranges[domid] = measured_ranges(parse_domain_builder_log(log))
+            except InputError as exc:
+                self.destroy(domid)
+                raise SevdError(f"xl create {guest.path}: cannot tell where the kernel was loaded: {exc}") from None
+        return domid
+
+    def image_location(self, domid: int, image_size: int) -> list[tuple[int, int]]:
+        """(gpa, size) pieces holding the image, in the order they are measured."""
+        if domid in self.pvh_ranges:
+            pieces = self.pvh_ranges[domid]
+            loaded = sum(size for _, size in pieces)
+            if loaded != image_size:
+                where = ", ".join(f"{size} at {gpa:#x}" for gpa, size in pieces)
+                raise SevdError(
+                    f"domain {domid}: the toolstack loaded the kernel and ramdisk as {where} ({loaded} bytes), "
+                    f"but the owner's image of the same files is {image_size} bytes: refusing to measure"
+                )
+            return pieces
         # hvmloader's OVMF_BEGIN: the image ends at 4 GiB, its start rounded down to 1 MiB.
         span = -(-image_size // OVMF_ALIGN) * OVMF_ALIGN
-        return FOUR_GIB - span, image_size
+        return [(FOUR_GIB - span, image_size)]
 
     def unpause(self, domid: int) -> None:
         self._xl("unpause", str(domid))
@@ -414,8 +445,8 @@ class SimToolstack:
         except HypervisorError as exc:
             raise SevdError(f"XEN_ERROR: {exc}") from None
 
-    def image_location(self, domid: int, image_size: int) -> tuple[int, int]:
-        return self.sim.image_location(domid)
+    def image_location(self, domid: int, image_size: int) -> list[tuple[int, int]]:
+        return [self.sim.image_location(domid)]
 
     def unpause(self, domid: int) -> None:
         self.sim.unpause(domid)
@@ -606,7 +637,8 @@ def _launch(
         result["state"] = "paused" if paused else "running"
         progress.line(f"domain {guest.name}: not an SEV guest (sev = 0): memory NOT encrypted")
         return result
-    gpa, size = ts.image_location(domid, len(image))
+    pieces = ts.image_location(domid, len(image))
+    (gpa, size), more = pieces[0], tuple(pieces[1:])
     if owner is not None:
         godh, blob, attest = owner.session.godh.to_bytes(), owner.session.blob.to_bytes(), True
     elif guest.session is not None:
@@ -627,11 +659,13 @@ def _launch(
         image_size=size,
         godh=godh,
         session=blob,
+        image_more=more,
     )
     request_launch(xs, request)
     progress.line(
-        f"launch requested: policy {guest.policy} ({guest.policy.describe()}), image {guest.image} "
-        f"({size // 1024} KiB at GPA {gpa:#x}), {'attested' if attest else 'not attested'}"
+        f"launch requested: policy {guest.policy} ({guest.policy.describe()}), image {guest.describe_image()} "
+        f"({len(image) // 1024} KiB at GPA {', '.join(f'{g:#x}' for g, _ in pieces)}), "
+        f"{'attested' if attest else 'not attested'}"
     )
     target = proto.GuestState.MEASURED if attest else proto.GuestState.RUNNING
     nodes = _wait_state(xs, domid, target, timeout, progress)
@@ -646,7 +680,7 @@ def _launch(
     if owner is not None:
         assert secret is not None
         measured = owner.verify(nodes, guest, image)
-        progress.line(f"owner: measurement verified against {guest.image}, policy {guest.policy}")
+        progress.line(f"owner: measurement verified against {guest.describe_image()}, policy {guest.policy}")
         header, data = owner.package(secret[0], measured)
         send_secret(xs, domid, proto.SecretPacket(header, data, gpa))
         _run_command(xs, domid, timeout, "the secret to be injected")
@@ -668,9 +702,12 @@ def _owner_hint(guest: xlcfg.GuestConfig, domid: int, nodes: dict[str, str]) -> 
     assert guest.session is not None
     d = guest.session.directory
     keys = f"--tk {d}/tmp_tk.bin" if guest.session.form == "sev-tool" else f"--tik {d}/{guest.session.form[7:]}_tik.bin"
+    image = f"--image {guest.image}"
+    if guest.pvh:
+        image = f"--kernel {guest.image}" + (f" --ramdisk {guest.ramdisk}" if guest.ramdisk else "")
     return (
         f"domain {guest.name} waits in state measured for its owner, who checks the measurement and sends a secret:\n"
-        f"  sev-owner verify-measurement --image {guest.image} --policy {guest.policy} --api {nodes.get('api')} "
+        f"  sev-owner verify-measurement {image} --policy {guest.policy} --api {nodes.get('api')} "
         f"--build {nodes.get('build')} {keys} --measurement {nodes.get('measurement')}\n"
         f"  sev-owner package-secret --secret FILE {keys.replace('--tik', '--tek ... --tik')} "
         f"--measurement {nodes.get('measurement')} --out OUT\n"

@@ -17,6 +17,10 @@ SEV keys (stock `xl create` ignores all of them and starts the guest WITHOUT SEV
     sev_session = "DIR"     the owner's launch session: godh.cert + launch_blob.bin (sev-tool) or
                             NAME_godh.b64 + NAME_session.b64 (sevctl); without it the firmware
                             makes its own keys and nobody can attest the launch
+
+An SEV guest is either type = "hvm" with bios = "ovmf" (the measured image is the firmware,
+bios_path_override or Debian's OVMF) or type = "pvh" with kernel = and optionally ramdisk = (the
+measured image is the kernel and the ramdisk as the toolstack loads them: see sevd.owner.pvh).
 """
 
 from __future__ import annotations
@@ -229,9 +233,27 @@ class GuestConfig:
     policy: Policy
     es: bool
     session: SessionFiles | None
+    # PVH direct boot: `image` is the kernel; the measured bytes are built from both files.
+    ramdisk: Path | None = None
+
+    @property
+    def pvh(self) -> bool:
+        return self.type == "pvh"
+
+    def describe_image(self) -> str:
+        if not self.pvh:
+            return str(self.image)
+        return f"kernel {self.image}" + (f" + ramdisk {self.ramdisk}" if self.ramdisk else "")
 
     def read_image(self) -> bytes:
-        return files.read_bytes(self.image, "boot image (bios_path_override)")
+        """The bytes the launch measures: the firmware file, or a PVH kernel and ramdisk as loaded."""
+        if not self.pvh:
+            return files.read_bytes(self.image, "boot image (bios_path_override)")
+        from sevd.owner.pvh import load_pvh_image
+
+        kernel = files.read_bytes(self.image, "kernel")
+        ramdisk = files.read_bytes(self.ramdisk, "ramdisk") if self.ramdisk else None
+        return load_pvh_image(kernel, ramdisk, kernel_name=str(self.image), ramdisk_name=str(self.ramdisk)).data
 
 
 def read_session_dir(directory: Path, where: str = "sev_session") -> SessionFiles:
@@ -272,8 +294,8 @@ def _flag(cfg: XlConfig, key: str) -> bool | None:
     return bool(value)
 
 
-def check_image(image: Path, memory_mb: int, cfg: XlConfig | None = None) -> None:
-    where = cfg.where("bios_path_override") if cfg else "bios_path_override"
+def check_image(image: Path, memory_mb: int, cfg: XlConfig | None = None, key: str = "bios_path_override") -> None:
+    where = cfg.where(key) if cfg else key
     if not image.is_file():
         raise InputError(f"{where}: boot image {image} does not exist")
     size = image.stat().st_size
@@ -310,7 +332,9 @@ def _guest(cfg: XlConfig) -> GuestConfig:
         raise InputError(f"{cfg.where('vcpus')}: `vcpus' must be positive, got {vcpus}")
     dom_type = cfg.string("type") or ("hvm" if cfg.string("builder") == "hvm" else "pv")
     bios = cfg.string("bios")
-    image = cfg.string("bios_path_override") or DEFAULT_OVMF
+    kernel = cfg.string("kernel")
+    ramdisk = cfg.string("ramdisk")
+    image = kernel if dom_type == "pvh" and kernel else cfg.string("bios_path_override") or DEFAULT_OVMF
 
     sev = bool(_flag(cfg, "sev"))
     es = _flag(cfg, "sev_es")
@@ -323,10 +347,14 @@ def _guest(cfg: XlConfig) -> GuestConfig:
         policy = Policy(0)
         es = False
     else:
-        if dom_type != "hvm":
-            raise InputError(f'{cfg.where("type")}: an SEV guest needs type = "hvm", got {dom_type!r}')
-        if bios != "ovmf":
-            raise InputError(f'{cfg.where("bios")}: an SEV guest needs bios = "ovmf", got {bios!r}')
+        if dom_type not in ("hvm", "pvh"):
+            raise InputError(f'{cfg.where("type")}: an SEV guest needs type = "hvm" or "pvh", got {dom_type!r}')
+        if dom_type == "hvm" and bios != "ovmf":
+            raise InputError(f'{cfg.where("bios")}: an SEV HVM guest needs bios = "ovmf", got {bios!r}')
+        if dom_type == "pvh" and not kernel:
+            raise InputError(
+                f"{cfg.where('kernel')}: an SEV PVH guest needs `kernel' (direct boot is what is measured)"
+            )
         if raw_policy is None:
             value = DEFAULT_POLICY | (int(PolicyFlag.ES) if es else 0)
         elif not 0 <= raw_policy <= 0xFFFFFFFF:
@@ -348,7 +376,12 @@ def _guest(cfg: XlConfig) -> GuestConfig:
         if session_dir is not None:
             session = read_session_dir(Path(session_dir), f"{cfg.where('sev_session')}: `sev_session'")
     image_path = Path(image)
-    if sev:
+    ramdisk_path = Path(ramdisk) if dom_type == "pvh" and ramdisk else None
+    if sev and dom_type == "pvh":
+        check_image(image_path, memory, cfg, "kernel")
+        if ramdisk_path is not None:
+            check_image(ramdisk_path, memory, cfg, "ramdisk")
+    elif sev:
         check_image(image_path, memory, cfg)
     return GuestConfig(
         path=cfg.path,
@@ -362,4 +395,5 @@ def _guest(cfg: XlConfig) -> GuestConfig:
         policy=policy,
         es=bool(es),
         session=session,
+        ramdisk=ramdisk_path,
     )
