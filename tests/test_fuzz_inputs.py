@@ -15,11 +15,14 @@ from sevd.abi.launch import LaunchMeasurement, LaunchSession, SecretHeader
 from sevd.errors import InputError
 from sevd.xen import protocol as proto
 
-FIELDS = ["policy", "es", "godh", "session", "attest", "image-gpa", "image-size", "generation", "bogus"]
+FIELDS = ["policy", "es", "godh", "session", "attest", "image-gpa", "image-size", "image-more", "generation", "bogus"]
 text = st.text(alphabet=string.printable, max_size=40)
 b64 = st.binary(max_size=3000).map(lambda b: base64.b64encode(b).decode())
 numbers = st.one_of(st.integers(-5, 2**70).map(str), st.integers(0, 2**70).map(hex))
-values = st.one_of(text, b64, numbers, st.sampled_from(["0", "1", "0x0", "0x40", "0x4", ""]))
+pieces = st.lists(st.tuples(st.integers(0, 2**34), st.integers(0, 2**31)), min_size=0, max_size=17).map(
+    lambda ps: " ".join(f"{g:#x}+{n:#x}" for g, n in ps)
+)
+values = st.one_of(text, b64, numbers, pieces, st.sampled_from(["0", "1", "0x0", "0x40", "0x4", ""]))
 requests = st.dictionaries(st.sampled_from(FIELDS), values, max_size=len(FIELDS))
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -36,6 +39,9 @@ def test_launch_request_is_valid_or_refused_with_a_named_node(nodes, domid):
     assert req.generation >= 1 and req.image_size >= 1 and req.image_gpa % 4096 == 0
     assert int(req.policy) & 0xFFC0 == 0
     assert (req.godh is None) == (req.session is None)
+    spans = sorted(req.image_ranges)
+    assert all(gpa % 4096 == 0 and size >= 1 for gpa, size in spans) and sum(n for _, n in spans) <= proto.MAX_IMAGE
+    assert all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:], strict=False))
     # What the toolstack would write for it parses back to the same request.
     assert proto.LaunchRequest.parse(domid, req.to_nodes()) == req
 
@@ -95,3 +101,25 @@ def test_blobs_parse_or_are_refused(data):
         except InputError:
             continue
         assert parsed.to_bytes() == data
+
+
+def test_image_pieces_parse_and_bad_ones_are_named():
+    base = {"policy": "0x1", "image-gpa": "0x1000000", "image-size": "0x5000", "generation": "1"}
+    req = proto.LaunchRequest.parse(3, {**base, "image-more": "0x1006000+0x3000 0x2000000+16"})
+    assert req.image_ranges == ((0x1000000, 0x5000), (0x1006000, 0x3000), (0x2000000, 16))
+    assert req.to_nodes()["image-more"] == "0x1006000+0x3000 0x2000000+0x10"
+    for more, reason in [
+        ("0x1004000+0x1000", "the piece at 0x1004000 overlaps the one at 0x1000000"),
+        ("0x1006001+0x1000", "0x1006001 is not page aligned"),
+        ("0x1006000", "'0x1006000' is not GPA+SIZE"),
+        ("0x1006000+0", "0 is outside 1.."),
+        ("0x1006000+0x1000  0x2000000+1", "'' is not GPA+SIZE"),
+        (" ".join(f"{0x2000000 + i * 0x1000:#x}+1" for i in range(16)), "give 1..15 GPA+SIZE pieces"),
+        ("0x2000000+0x40000000", "add up to more than 1073741824 bytes"),
+    ]:
+        try:
+            proto.LaunchRequest.parse(3, {**base, "image-more": more})
+        except InputError as exc:
+            assert str(exc).startswith("request/image-more: ") and reason in str(exc), (more, exc)
+        else:
+            raise AssertionError(f"{more!r} was accepted")

@@ -117,3 +117,25 @@ def test_session_dir_in_sev_tool_and_sevctl_form(tmp_path):
     assert "launch blob is 127 bytes, expected 128" in error(tmp_path, SEV + f'sev_session = "{ctl}"\n')
     (tool / "launch_blob.bin").unlink()
     assert "cannot read launch blob" in error(tmp_path, SEV + f'sev_session = "{tool}"\n')
+
+
+def test_sev_pvh_guest_measures_its_kernel_and_ramdisk_as_loaded(tmp_path):
+    from test_owner_pvh import kernel_elf
+
+    from sevd.owner.pvh import load_pvh_image
+
+    kernel, ramdisk = tmp_path / "vmlinux", tmp_path / "initrd"
+    kernel.write_bytes(kernel_elf())
+    ramdisk.write_bytes(os.urandom(5000))
+    text = f'name = "p"\ntype = "pvh"\nmemory = 64\nkernel = "{kernel}"\nramdisk = "{ramdisk}"\nsev = 1\n'
+    g = xlcfg.load(cfg(tmp_path, text))
+    assert (g.pvh, g.image, g.ramdisk) == (True, kernel, ramdisk)
+    assert g.describe_image() == f"kernel {kernel} + ramdisk {ramdisk}"
+    expected = load_pvh_image(kernel.read_bytes(), ramdisk.read_bytes()).data
+    assert g.read_image() == expected and len(expected) % 4096 == 0
+
+    assert ":4: an SEV PVH guest needs `kernel'" in error(tmp_path, text.replace(f'kernel = "{kernel}"', "kernel = ''"))
+    missing = text.replace(str(ramdisk), "/nonexistent.cpio")
+    assert ":5: boot image /nonexistent.cpio does not exist" in error(tmp_path, missing)
+    # without sev the files are not looked at (stock xl would do that)
+    assert not xlcfg.load(cfg(tmp_path, missing.replace("sev = 1", "sev = 0"))).sev
