@@ -78,3 +78,18 @@ def test_daemon_sends_ready_and_watchdog(tmp_path):
     finally:
         h.close()
         sock.close()
+
+
+def test_a_status_line_to_a_manager_that_went_away_is_not_an_error(tmp_path, monkeypatch):
+    import socket
+
+    from sevd.daemon import notify
+
+    if notify.sd_daemon is None:
+        pytest.skip("systemd-python is not installed")
+    path = tmp_path / "notify.socket"
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone.bind(str(path))
+    gone.close()  # the socket file stays, nobody listens: sending is refused
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    assert notify.listening() and notify.notify(STATUS="1 guest running") is False

@@ -346,3 +346,23 @@ def test_pvh_guest_attested_on_the_simulated_host(harness, tmp_path):
     proc = run("sev-owner", "verify-measurement", "--image", kernel, "--kernel", kernel, *args, "--measurement", "x")
     assert proc.returncode == 2 and "give either --image FILE (firmware) or --kernel FILE" in proc.stderr
     xl(harness, "destroy", "pvhsev")
+
+
+def test_ok_on_xen_asks_xen_for_sev_and_warns_that_sev_es_is_not_launched():
+    from sevd.cli import xl_sev
+    from sevd.xen.domctl import SevInfo
+    from sevd.xen.hypervisor import HypervisorError
+
+    info = SevInfo(True, True, True, 47, 5, 7, 4, (5,))
+    sev, es = xl_sev._xen_sev_checks(lambda: info)
+    assert sev.ok and sev.detail.startswith("Xen: SEV ASIDs 4..7, C-bit 47, 1 awaiting DF_FLUSH")
+    assert "TEST MODE (sev=test), NOT SECURE" in sev.detail
+    assert not es.ok and not es.required and "plain SEV guests only" in es.detail
+    off = xl_sev._xen_sev_checks(lambda: SevInfo(False, False, False, 0, 0, 0, 0, ()))
+    assert not off[0].ok and off[0].required and "xl dmesg" in off[0].hint
+
+    def refused():
+        raise HypervisorError("this Xen lacks the SEV patches (XEN_DOMCTL_sev_op unknown)")
+
+    (bad,) = xl_sev._xen_sev_checks(refused)
+    assert not bad.ok and "lacks the SEV patches" in bad.detail and "xen-patches" in bad.hint

@@ -38,7 +38,7 @@ B0=$(date +%s)
 timeout --foreground -k 10 "$TIMEOUT" qemu-system-x86_64 \
     -machine q35 -cpu max -smp 2 -m 2048 -nographic -no-reboot -monitor none \
     -kernel "$build/xen/xen" \
-    -append "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M smap=0 smep=0 sev=test" \
+    -append "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all conring_size=1M dom0_mem=1024M smap=0 smep=0 sev=test" \
     -initrd "$kernel console=hvc0 earlyprintk=xen quiet sevd_check=system,$out/dom0.cpio.gz" \
     < /dev/null > "$log" 2>&1 || rc=$?
 tr -d '\r' < "$log" > "$log.txt"

@@ -22,7 +22,12 @@ def notify(**fields: str) -> bool:
     """notify(READY="1", STATUS="...") → True if systemd (NOTIFY_SOCKET) got it."""
     if not listening():
         return False
-    return bool(sd_daemon.notify("\n".join(f"{k}={v}" for k, v in fields.items())))
+    try:
+        return bool(sd_daemon.notify("\n".join(f"{k}={v}" for k, v in fields.items())))
+    except OSError:
+        # Best effort, as sd_notify(3) is: a service manager that went away (or restarts) must not
+        # turn a status line into a failed reconcile pass.
+        return False
 
 
 def watchdog_interval() -> float | None:

@@ -3,7 +3,9 @@
 usage: notify-start.py TIMEOUT LOG -- COMMAND...
 Binds a NOTIFY_SOCKET, starts COMMAND with it (output to LOG, in its own session so it outlives
 this script), and waits for READY=1.  Prints "SEVD-CHECK ok|FAIL: ..." with the seconds it took
-and the last STATUS; exits 1 if the service exits or stays silent past TIMEOUT.
+and the last STATUS; exits 1 if the service exits or stays silent past TIMEOUT.  After READY a
+child keeps receiving on the socket for the service's lifetime, as systemd does, and appends the
+STATUS lines to LOG.status.
 """
 
 import os
@@ -11,6 +13,15 @@ import socket
 import subprocess
 import sys
 import time
+
+
+def keep_listening(sock: socket.socket, path: str) -> None:
+    os.setsid()
+    sock.settimeout(None)
+    while True:
+        message = sock.recv(4096).decode(errors="replace")
+        with open(path, "a") as out:
+            out.writelines(f"{line}\n" for line in message.splitlines() if line.startswith("STATUS="))
 
 
 def main() -> int:
@@ -41,6 +52,8 @@ def main() -> int:
         if fields.get("READY") == "1":
             took = time.monotonic() - start
             print(f"SEVD-CHECK ok: {command[0]} READY=1 after {took:.1f}s, pid {proc.pid}, STATUS={status!r}", flush=True)
+            if os.fork() == 0:
+                keep_listening(sock, log + ".status")
             return 0
     print(f"SEVD-CHECK FAIL: no READY=1 from {command[0]} within {timeout}s (STATUS={status!r})", flush=True)
     return 1
