@@ -37,7 +37,41 @@ def test_launch_request_is_valid_or_refused_with_a_named_node(nodes, domid):
     assert int(req.policy) & 0xFFC0 == 0
     assert (req.godh is None) == (req.session is None)
     # What the toolstack would write for it parses back to the same request.
-    assert proto.LaunchRequest.parse(domid, req.to_nodes()) == req
+    assert proto.LaunchRequest.parse_text(domid, req.format()) == req
+
+
+@FUZZ
+@given(st.one_of(text, requests.map(proto.format_pairs), st.lists(text).map(" ".join)), st.integers(0, 2**16))
+def test_request_node_text_is_valid_or_refused_with_a_reason(node, domid):
+    try:
+        req = proto.LaunchRequest.parse_text(domid, node)
+    except InputError as exc:
+        assert str(exc).startswith("request"), exc
+        return
+    assert proto.LaunchRequest.parse_text(domid, req.format()) == req
+
+
+summary_keys = st.sampled_from(["ack", "state", "step", "handle", "asid", "api", "build", "policy", "measurement"])
+summary_values = st.one_of(values, st.sampled_from(["running", "MEASURE", "0.24", "A" * 64, "0x00000001"]))
+
+
+@FUZZ
+@given(
+    st.one_of(
+        text,
+        st.dictionaries(summary_keys, summary_values).map(proto.format_pairs),
+        st.tuples(st.dictionaries(summary_keys, summary_values), text).map(
+            lambda t: proto.format_pairs({**t[0], "error": t[1]})
+        ),
+    )
+)
+def test_summary_node_text_is_valid_or_refused_with_a_reason(node):
+    try:
+        summary = proto.GuestSummary.parse(node)
+    except InputError as exc:
+        assert str(exc).startswith("summary"), exc
+        return
+    assert proto.GuestSummary.parse(summary.format()) == summary
 
 
 @FUZZ
