@@ -99,6 +99,7 @@ class Daemon:
         # neither re-reads it nor rewrites it unchanged.  Reset on reconnect: xenstored may have lost it.
         self._summaries: dict[int, proto.GuestSummary] = {}
         self._summaries_lock = threading.Lock()
+        self._layout: dict[tuple[int, str], list[Any]] = {}  # image ranges and VMSA pages, during a launch
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -296,7 +297,6 @@ class Daemon:
         self.log.info("stopping")
         notify(STOPPING="1")
         self.pool.shutdown(wait=True)
-        self.queue.stop()
         if self.xs is not None:
             self.xs.close()
 
@@ -429,6 +429,7 @@ class Daemon:
             image_gpa=req.image_gpa,
             image_size=req.image_size,
             state="launching",
+            pending=LAUNCH_STEPS[0],  # the launch starts with it at once: this record is its "before" too
         )
         self.records.save(rec)  # before the ack: a request acked is one the journal knows
         launching = proto.GuestSummary(
@@ -447,15 +448,21 @@ class Daemon:
         apply: Callable[[Any], None] | None = None,
         *,
         psp: bool = True,
+        then: Callable[[GuestRecord], str | None] | None = None,
     ):
         """Persist `pending` before the command and the result after it: a crash between is recoverable.
 
         A PSP command and its "after" record form one item on the PSP queue, so no other command
         runs between them: a handle the firmware frees (DECOMMISSION) or hands out (LAUNCH_START)
         is on disk before any other guest's command could reuse it.
+
+        `then` names the step that comes right after this one: the "after" record names it in flight,
+        so it is that step's "before" record too (one data sync, not two, and the very record a crash
+        between the two would have left).
         """
-        rec.pending = step
-        self.records.save(rec)
+        if rec.pending != step:  # else the record on disk names it already (pending is saved whenever set)
+            rec.pending = step
+            self.records.save(rec)
         fault_point("before", step)
 
         def run() -> Any:
@@ -463,8 +470,8 @@ class Daemon:
             fault_point("after", step)
             if apply is not None:
                 apply(result)
-            rec.pending = None
             rec.step = step
+            rec.pending = then(rec) if then is not None else None
             self.records.save(rec)
             return result
 
@@ -478,18 +485,32 @@ class Daemon:
         index = LAUNCH_STEPS.index(rec.step)
         if rec.step == "UPDATE_DATA" and rec.ranges_done < len(self._ranges(rec)):
             return "UPDATE_DATA"
-        if (
-            rec.step in ("UPDATE_DATA", "UPDATE_VMSA")
-            and rec.es
-            and rec.vmsas_done < len(self.hv.vmsa_pages(rec.domid))
-        ):
+        if rec.step in ("UPDATE_DATA", "UPDATE_VMSA") and rec.es and rec.vmsas_done < len(self._vmsa_pages(rec)):
             return "UPDATE_VMSA"  # SEV-ES: each vCPU's VMSA, after the image, as the owner measures them
         if rec.step == "UPDATE_DATA":
             index += 1  # no VMSA step for plain SEV
         return LAUNCH_STEPS[index + 1] if index + 1 < len(LAUNCH_STEPS) else None
 
+    def _following(self, rec: GuestRecord) -> str | None:
+        """The step right after the one just done: the next launch step, or FINISH when nobody attests."""
+        step = self._next_launch_step(rec)
+        if step is None and rec.state == "measured" and not rec.attest:
+            return "FINISH"
+        return step
+
     def _ranges(self, rec: GuestRecord) -> list[tuple[int, int]]:
-        return self.hv.guest_ranges(rec.domid, rec.image_gpa, rec.image_size)
+        """The image's system-physical ranges, asked of Xen once per launch pass (the paused domain's
+        memory does not move meanwhile; the next pass asks again)."""
+        key = (rec.domid, "image")
+        if key not in self._layout:
+            self._layout[key] = self.hv.guest_ranges(rec.domid, rec.image_gpa, rec.image_size)
+        return self._layout[key]
+
+    def _vmsa_pages(self, rec: GuestRecord) -> list[int]:
+        key = (rec.domid, "vmsa")
+        if key not in self._layout:
+            self._layout[key] = self.hv.vmsa_pages(rec.domid)
+        return self._layout[key]
 
     def launch(self, rec: GuestRecord) -> None:
         domid = rec.domid
@@ -509,8 +530,12 @@ class Daemon:
         except DeviceError as err:
             self.fail(rec, f"DEVICE_{errno.errorcode.get(err.errno, err.errno)}", str(err))
             return
-        rec.state = "measured"
-        self.records.save(rec)
+        finally:
+            self._layout.pop((domid, "image"), None)
+            self._layout.pop((domid, "vmsa"), None)
+        if rec.state != "measured":  # a journal written before MEASURE's record carried the state
+            rec.state = "measured"
+            self.records.save(rec)
         self.log.info("domain %d measured", domid, extra=self._fields(rec))
         if rec.attest:
             self._publish(domid, self._summary_of(rec))  # the owner checks it, then sends its secret
@@ -527,6 +552,7 @@ class Daemon:
                 lambda: self.make_sev_domain(rec.domid, rec.es),
                 lambda sev: setattr(rec, "asid", sev.asid),
                 psp=False,
+                then=self._following,
             )
         elif step == "LAUNCH_START":
             godh, session = self._owner_session(rec.domid)
@@ -536,11 +562,12 @@ class Daemon:
                 step,
                 lambda: g.launch_start(Policy(rec.policy), **kwargs),
                 lambda handle: setattr(rec, "handle", handle),
+                then=self._following,
             )
         elif step == "ACTIVATE":
-            self._journal(rec, step, lambda: g.activate(rec.handle, rec.asid))
+            self._journal(rec, step, lambda: g.activate(rec.handle, rec.asid), then=self._following)
         elif step == "SEV_ENABLED":
-            self._journal(rec, step, lambda: self.hv.enable_sev(rec.domid), psp=False)
+            self._journal(rec, step, lambda: self.hv.enable_sev(rec.domid), psp=False, then=self._following)
         elif step == "UPDATE_DATA":
             ranges = self._ranges(rec)
             spa, length = ranges[rec.ranges_done]
@@ -549,22 +576,24 @@ class Daemon:
                 step,
                 lambda: g.launch_update_data(rec.handle, spa, length),
                 lambda _: setattr(rec, "ranges_done", rec.ranges_done + 1),
+                then=self._following,
             )
         elif step == "UPDATE_VMSA":
-            spa = self.hv.vmsa_pages(rec.domid)[rec.vmsas_done]
+            spa = self._vmsa_pages(rec)[rec.vmsas_done]
             self._journal(
                 rec,
                 step,
                 lambda: g.launch_update_vmsa(rec.handle, spa),
                 lambda _: setattr(rec, "vmsas_done", rec.vmsas_done + 1),
+                then=self._following,
             )
         elif step == "MEASURE":
-            self._journal(
-                rec,
-                step,
-                lambda: g.launch_measure(rec.handle),
-                lambda blob: setattr(rec, "measurement", base64.b64encode(blob).decode()),
-            )
+
+            def measured(blob: bytes) -> None:  # the state goes with the measurement, in the same record
+                rec.measurement = base64.b64encode(blob).decode()
+                rec.state = "measured"
+
+            self._journal(rec, step, lambda: g.launch_measure(rec.handle), measured, then=self._following)
 
     def _owner_session(self, domid: int) -> tuple[bytes | None, bytes | None]:
         """The owner's session, as parsed when the request was taken (re-read after a restart)."""
@@ -633,13 +662,14 @@ class Daemon:
         self._answer(rec.domid, command_text, self._amend(rec.domid, rec, step=step, error=error))
 
     def finish(self, rec: GuestRecord) -> None:
+        def finished(_: Any) -> None:  # the state goes with the step, in the same record
+            rec.state = "running"
+
         try:
-            self._journal(rec, "FINISH", lambda: self.guest.launch_finish(rec.handle))
+            self._journal(rec, "FINISH", lambda: self.guest.launch_finish(rec.handle), finished)
         except FirmwareError as err:
             self.fail(rec, err.name, str(err))
             return
-        rec.state = "running"
-        self.records.save(rec)
         self._publish(rec.domid, self._summary_of(rec))
         self.log.info("domain %d running", rec.domid, extra=self._fields(rec))
         self.publish_platform()
