@@ -217,7 +217,12 @@ class Demo:
         )
 
         self.say("\nwhat the host sees of the guest's memory:")
-        gpa = int(xs.read(proto.guest_path(domid, "request", "image-gpa")), 0)
+        from sevd.xen.toolstack import read_request
+
+        request = read_request(xs, domid)
+        if request is None:
+            raise DemoFailed(f"domain {domid}: its launch request is gone from xenstore")
+        gpa = request.image_gpa
         xen = host.xen()
         memory = host.psp().memory
         secret = (owner / "secret.bin").read_bytes()

@@ -13,7 +13,7 @@ from pathlib import Path
 from sevd.abi.policy import Policy
 from sevd.simhost import SimulatedHost
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import SimulatedToolstack, request_launch
+from sevd.xen.toolstack import SimulatedToolstack, parse_summary, read_summary, request_launch
 from sevd.xen.xenstored import XenstoredStandIn
 from sevd.xen.xsclient import Xenstore
 
@@ -67,12 +67,29 @@ class Harness:
     def request(self, domid: int, policy: Policy | None = None, attest: bool = False, session=None) -> None:
         """Request the launch of `domid`'s boot image, as xl-sev does (an owner `session` optional)."""
         policy = policy or Policy(0)
-        gpa, size = self.toolstack.image_location(domid)
+        dom = self.toolstack.xen.domains()[domid]
         godh, blob = (session.godh.to_bytes(), session.blob.to_bytes()) if session else (None, None)
-        request_launch(self.xs, proto.LaunchRequest(domid, 1, policy, policy.is_es(), attest, gpa, size, godh, blob))
+        request = proto.LaunchRequest(
+            domid, 1, policy, policy.is_es(), attest, dom["image_gpa"], dom["image_size"], godh, blob, dom["name"]
+        )
+        request_launch(self.xs, request)
+
+    def summary(self, domid: int) -> proto.GuestSummary | None:
+        return read_summary(self.xs, domid)
+
+    def field(self, domid: int, key: str) -> str | None:
+        """One value of the guest's summary node as text (`state`, `step`, `asid`, `error`...), None if absent."""
+        summary = self.summary(domid)
+        return None if summary is None else summary.to_fields().get(key)
 
     def state(self, domid: int) -> str | None:
-        return self.xs.read(proto.guest_path(domid, "state"))
+        return self.field(domid, "state")
+
+    def states(self, domids: list[int]) -> list[str | None]:
+        """Many guests' states, their summaries read in one pipelined batch."""
+        texts = self.xs.read_many([proto.guest_path(d, "summary") for d in domids])
+        summaries = [parse_summary(d, text) for d, text in zip(domids, texts, strict=True)]
+        return [s.state.value if s is not None and s.state is not None else None for s in summaries]
 
     def wait_state(self, domid: int, *states: str, timeout: float = 60, poll: float = 0.02) -> str:
         try:

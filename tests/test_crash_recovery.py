@@ -47,15 +47,14 @@ def state_or_death(h, domid, *states):
 
 def drive_to_running(h, domid, session):
     """Play the owner until the guest runs or fails; None when the daemon was killed on the way."""
-    base = proto.guest_path(domid)
     state = state_or_death(h, domid, "measured", "running", "error")
     if state == "measured":
-        measured = LaunchMeasurement.from_base64(h.xs.read(f"{base}/measurement"))
-        if h.xs.read(f"{base}/step") != "SECRET":
+        measured = LaunchMeasurement.from_base64(h.field(domid, "measurement"))
+        if h.field(domid, "step") != "SECRET":
             packaged = package_secret(session.keys, b"s" * 32, measured)
             gpa, _ = h.toolstack.image_location(domid)
             send_secret(h.xs, domid, proto.SecretPacket(packaged.header.to_bytes(), packaged.ciphertext, gpa))
-            wait_for(lambda: h.xs.read(f"{base}/step") == "SECRET" or h.daemon.poll() is not None, 30, "secret")
+            wait_for(lambda: h.field(domid, "step") == "SECRET" or h.daemon.poll() is not None, 30, "secret")
             if h.daemon.poll() is not None:
                 return None  # killed on the way: the caller restarts
         send_command(h.xs, domid, proto.Command.FINISH)
@@ -108,7 +107,7 @@ def test_crash_during_launch(host, when, step):
     final = drive_to_running(host, domid, session)
     if (when, step) in MUST_FAIL:
         assert final == "error", host.logs()
-        assert host.xs.read(proto.guest_path(domid, "error")).startswith("INTERRUPTED:")
+        assert host.field(domid, "error").startswith("INTERRUPTED:")
     else:
         assert final == "running", host.logs()
     assert_consistent(host)
@@ -161,7 +160,7 @@ def test_crash_during_update_vmsa_fails_cleanly(tmp_path, when):
         h.daemon = None
         h.start_daemon()
         assert h.wait_state(domid, "error", "running") == "error"
-        assert h.xs.read(proto.guest_path(domid, "error")).startswith("INTERRUPTED:")
+        assert h.field(domid, "error").startswith("INTERRUPTED:")
         assert_consistent(h)
     finally:
         h.close()

@@ -53,8 +53,8 @@ def psp_guests(h):
 def test_launch_without_session_runs_at_once(harness):
     domid, _ = new_guest(harness, "plain")
     assert harness.wait_state(domid, "running", "error") == "running", harness.logs()
-    assert harness.xs.read(proto.guest_path(domid, "asid")) in ("5", "6")
-    assert LaunchMeasurement.from_base64(harness.xs.read(proto.guest_path(domid, "measurement")))
+    assert harness.field(domid, "asid") in ("5", "6")
+    assert LaunchMeasurement.from_base64(harness.field(domid, "measurement"))
     assert psp_guests(harness) == 1
     harness.toolstack.unpause(domid)  # Xen refuses this before the VMCBs have SEV: it worked
 
@@ -67,18 +67,17 @@ def test_attested_launch_with_owner_session_and_secret(harness, tmp_path):
     domid, image = new_guest(harness, "attested", policy, attest=True, session=session)
     assert harness.wait_state(domid, "measured", "error") == "measured", harness.logs()
 
-    base = proto.guest_path(domid)
-    measured = LaunchMeasurement.from_base64(harness.xs.read(f"{base}/measurement"))
-    api_major, api_minor = map(int, harness.xs.read(f"{base}/api").split("."))
-    build = int(harness.xs.read(f"{base}/build"))
+    measured = LaunchMeasurement.from_base64(harness.field(domid, "measurement"))
+    api_major, api_minor = map(int, harness.field(domid, "api").split("."))
+    build = int(harness.field(domid, "build"))
     verify_measurement(measured, image, int(policy), api_major, api_minor, build, session.keys.tik)
 
     secret = b"owner-secret-0123456789abcdef!!!"
     packaged = package_secret(session.keys, secret, measured)
     gpa, _ = harness.toolstack.image_location(domid)
     send_secret(harness.xs, domid, proto.SecretPacket(packaged.header.to_bytes(), packaged.ciphertext, gpa))
-    wait_for(lambda: harness.xs.read(f"{base}/step") == "SECRET", 30, "secret injected")
-    assert harness.xs.read(f"{base}/secret/data") is None, "secret nodes must be removed after use"
+    wait_for(lambda: harness.field(domid, "step") == "SECRET", 30, "secret injected")
+    assert harness.xs.read(proto.guest_path(domid, "secret", "data")) is None, "secret nodes must be removed after use"
     send_command(harness.xs, domid, proto.Command.FINISH)
     assert harness.wait_state(domid, "running", "error") == "running"
     assert secret not in harness.logs().encode() and base64.b64encode(secret).decode() not in harness.logs()
@@ -90,27 +89,24 @@ def test_tampered_secret_reports_bad_measurement_and_launch_survives(harness):
     session = make_session(pdh, 0)
     domid, _ = new_guest(harness, "tampered", attest=True, session=session)
     harness.wait_state(domid, "measured", "error")
-    base = proto.guest_path(domid)
-    measured = LaunchMeasurement.from_base64(harness.xs.read(f"{base}/measurement"))
+    measured = LaunchMeasurement.from_base64(harness.field(domid, "measurement"))
     packaged = package_secret(session.keys, b"x" * 32, measured)
     header = bytearray(packaged.header.to_bytes())
     header[-1] ^= 1
     gpa, _ = harness.toolstack.image_location(domid)
     send_secret(harness.xs, domid, proto.SecretPacket(bytes(header), packaged.ciphertext, gpa))
-    err = wait_for(lambda: harness.xs.read(f"{base}/error"), 30, "error node")
+    err = wait_for(lambda: harness.field(domid, "error"), 30, "error node")
     assert err.startswith("BAD_MEASUREMENT:")
     assert harness.state(domid) == "measured"
 
 
 def test_bad_request_gets_a_reason_and_nothing_else(harness):
     domid = harness.toolstack.create("bad", 16, b"\x00" * 4096)
-    base = proto.guest_path(domid)
-    harness.xs.write_many(
-        f"{base}/request", {"policy": "0x40", "image-gpa": "0", "image-size": "4096", "generation": "1"}
-    )
-    err = wait_for(lambda: harness.xs.read(f"{base}/error"), 30, "error node")
-    assert err.startswith("INVALID_REQUEST: request/policy") and "reserved" in err
-    assert harness.state(domid) == "error"
+    request = "v=1 generation=1 policy=0x40 image-gpa=0 image-size=4096"
+    harness.xs.write(proto.guest_path(domid, "request"), request)
+    err = wait_for(lambda: harness.field(domid, "error"), 30, "error in the summary")
+    assert err.startswith("INVALID_REQUEST: request policy") and "reserved" in err
+    assert harness.state(domid) == "error" and harness.field(domid, "ack") == "1"
     assert psp_guests(harness) == 0
 
 
@@ -119,7 +115,7 @@ def test_destroy_decommissions_and_asids_are_reused_after_flush(harness):
     for i in range(4):  # two SEV ASIDs on this host: every launch after the second needs a flush
         domid, _ = new_guest(harness, f"cycle{i}")
         assert harness.wait_state(domid, "running", "error") == "running", harness.logs()
-        seen.append(int(harness.xs.read(proto.guest_path(domid, "asid"))))
+        seen.append(int(harness.field(domid, "asid")))
         harness.toolstack.destroy(domid)
         wait_for(lambda d=domid: harness.xs.read(proto.guest_path(d)) is None, 30, "guest nodes removed")
         wait_for(lambda: psp_guests(harness) == 0, 30, "PSP context decommissioned")
@@ -137,11 +133,11 @@ def test_guest_cannot_read_or_write_sev_nodes(harness):
     import pyxs
 
     with pytest.raises(pyxs.PyXSError):
-        guest.read(proto.guest_path(domid, "measurement"))
+        guest.read(proto.guest_path(domid, "summary"))
     with pytest.raises(pyxs.PyXSError):
         guest.write(proto.guest_path(domid, "command"), "destroy")
     with pytest.raises(pyxs.PyXSError):
-        guest.write(proto.guest_path(domid + 1, "request", "generation"), "1")
+        guest.write(proto.guest_path(domid + 1, "request"), "v=1 generation=1")
     guest.close()
 
 

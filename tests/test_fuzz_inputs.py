@@ -20,7 +20,7 @@ text = st.text(alphabet=string.printable, max_size=40)
 b64 = st.binary(max_size=3000).map(lambda b: base64.b64encode(b).decode())
 numbers = st.one_of(st.integers(-5, 2**70).map(str), st.integers(0, 2**70).map(hex))
 pieces = st.lists(st.tuples(st.integers(0, 2**34), st.integers(0, 2**31)), min_size=0, max_size=17).map(
-    lambda ps: " ".join(f"{g:#x}+{n:#x}" for g, n in ps)
+    lambda ps: ",".join(f"{g:#x}+{n:#x}" for g, n in ps)
 )
 values = st.one_of(text, b64, numbers, pieces, st.sampled_from(["0", "1", "0x0", "0x40", "0x4", ""]))
 requests = st.dictionaries(st.sampled_from(FIELDS), values, max_size=len(FIELDS))
@@ -43,7 +43,41 @@ def test_launch_request_is_valid_or_refused_with_a_named_node(nodes, domid):
     assert all(gpa % 4096 == 0 and size >= 1 for gpa, size in spans) and sum(n for _, n in spans) <= proto.MAX_IMAGE
     assert all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:], strict=False))
     # What the toolstack would write for it parses back to the same request.
-    assert proto.LaunchRequest.parse(domid, req.to_nodes()) == req
+    assert proto.LaunchRequest.parse_text(domid, req.format()) == req
+
+
+@FUZZ
+@given(st.one_of(text, requests.map(proto.format_pairs), st.lists(text).map(" ".join)), st.integers(0, 2**16))
+def test_request_node_text_is_valid_or_refused_with_a_reason(node, domid):
+    try:
+        req = proto.LaunchRequest.parse_text(domid, node)
+    except InputError as exc:
+        assert str(exc).startswith("request"), exc
+        return
+    assert proto.LaunchRequest.parse_text(domid, req.format()) == req
+
+
+summary_keys = st.sampled_from(["ack", "state", "step", "handle", "asid", "api", "build", "policy", "measurement"])
+summary_values = st.one_of(values, st.sampled_from(["running", "MEASURE", "0.24", "A" * 64, "0x00000001"]))
+
+
+@FUZZ
+@given(
+    st.one_of(
+        text,
+        st.dictionaries(summary_keys, summary_values).map(proto.format_pairs),
+        st.tuples(st.dictionaries(summary_keys, summary_values), text).map(
+            lambda t: proto.format_pairs({**t[0], "error": t[1]})
+        ),
+    )
+)
+def test_summary_node_text_is_valid_or_refused_with_a_reason(node):
+    try:
+        summary = proto.GuestSummary.parse(node)
+    except InputError as exc:
+        assert str(exc).startswith("summary"), exc
+        return
+    assert proto.GuestSummary.parse(summary.format()) == summary
 
 
 @FUZZ
@@ -105,21 +139,22 @@ def test_blobs_parse_or_are_refused(data):
 
 def test_image_pieces_parse_and_bad_ones_are_named():
     base = {"policy": "0x1", "image-gpa": "0x1000000", "image-size": "0x5000", "generation": "1"}
-    req = proto.LaunchRequest.parse(3, {**base, "image-more": "0x1006000+0x3000 0x2000000+16"})
+    req = proto.LaunchRequest.parse(3, {**base, "image-more": "0x1006000+0x3000,0x2000000+16"})
     assert req.image_ranges == ((0x1000000, 0x5000), (0x1006000, 0x3000), (0x2000000, 16))
-    assert req.to_nodes()["image-more"] == "0x1006000+0x3000 0x2000000+0x10"
+    assert req.to_fields()["image-more"] == "0x1006000+0x3000,0x2000000+0x10"
+    assert proto.LaunchRequest.parse_text(3, req.format()) == req
     for more, reason in [
         ("0x1004000+0x1000", "the piece at 0x1004000 overlaps the one at 0x1000000"),
         ("0x1006001+0x1000", "0x1006001 is not page aligned"),
         ("0x1006000", "'0x1006000' is not GPA+SIZE"),
         ("0x1006000+0", "0 is outside 1.."),
-        ("0x1006000+0x1000  0x2000000+1", "'' is not GPA+SIZE"),
-        (" ".join(f"{0x2000000 + i * 0x1000:#x}+1" for i in range(16)), "give 1..15 GPA+SIZE pieces"),
+        ("0x1006000+0x1000,,0x2000000+1", "'' is not GPA+SIZE"),
+        (",".join(f"{0x2000000 + i * 0x1000:#x}+1" for i in range(16)), "give 1..15 GPA+SIZE pieces"),
         ("0x2000000+0x40000000", "add up to more than 1073741824 bytes"),
     ]:
         try:
             proto.LaunchRequest.parse(3, {**base, "image-more": more})
         except InputError as exc:
-            assert str(exc).startswith("request/image-more: ") and reason in str(exc), (more, exc)
+            assert str(exc).startswith("request image-more: ") and reason in str(exc), (more, exc)
         else:
             raise AssertionError(f"{more!r} was accepted")

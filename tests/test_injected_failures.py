@@ -5,7 +5,6 @@ import pytest
 from daemon_harness import Harness
 
 from sevd.platform import Platform
-from sevd.xen import protocol as proto
 
 IMAGE = b"\x90" * (80 * 4096)
 
@@ -38,7 +37,7 @@ def test_status_surfaces_by_name_and_others_still_launch(harness, command, outco
     harness.host.psp().inject_failure(command, outcome)
     bad = launch(harness, f"bad-{command}")
     assert harness.wait_state(bad, "error", "running") == "error"
-    error = harness.xs.read(proto.guest_path(bad, "error"))
+    error = harness.field(bad, "error")
     assert error.startswith(f"{outcome}:"), error
     assert outcome in harness.logs()
     good = launch(harness, f"good-{command}")
@@ -60,9 +59,9 @@ def test_psp_timeout_disables_it_like_linux(tmp_path):
         h.host.psp().inject_failure("LAUNCH_UPDATE_DATA", "TIMEOUT")
         first = launch(h, "timeout")
         assert h.wait_state(first, "error", "running") == "error"
-        assert h.xs.read(proto.guest_path(first, "error")).startswith("DEVICE_ETIMEDOUT:")
+        assert h.field(first, "error").startswith("DEVICE_ETIMEDOUT:")
         second = launch(h, "after-timeout")
         assert h.wait_state(second, "error", "running") == "error"
-        assert "EBUSY" in h.xs.read(proto.guest_path(second, "error"))
+        assert "EBUSY" in h.field(second, "error")
     finally:
         h.close()

@@ -32,10 +32,10 @@ def launched(tmp_path_factory):
     godh, blob = session.godh.to_bytes(), session.blob.to_bytes()
     request_launch(h.xs, proto.LaunchRequest(domid, 1, Policy(0), False, True, gpa, size, godh, blob))
     h.wait_state(domid, "measured")
-    measured = LaunchMeasurement.from_base64(h.xs.read(proto.guest_path(domid, "measurement")))
+    measured = LaunchMeasurement.from_base64(h.field(domid, "measurement"))
     packaged = package_secret(session.keys, SECRET, measured)
     send_secret(h.xs, domid, proto.SecretPacket(packaged.header.to_bytes(), packaged.ciphertext, gpa))
-    wait_for(lambda: h.xs.read(proto.guest_path(domid, "step")) == "SECRET", 30, "secret injected")
+    wait_for(lambda: h.field(domid, "step") == "SECRET", 30, "secret injected")
     send_command(h.xs, domid, proto.Command.FINISH)
     h.wait_state(domid, "running")
     yield h, domid, session, packaged
@@ -52,7 +52,7 @@ def test_guest_can_neither_read_nor_write_any_sevd_node(launched):
     h, domid, _, _ = launched
     guest = Xenstore(h.xenstored.domain_socket(domid))
     nodes = list(all_nodes(h.xs, proto.ROOT))
-    assert len(nodes) > 20
+    assert len(nodes) > 10 and {proto.guest_path(domid, "request"), proto.guest_path(domid, "summary")} <= set(nodes)
     refused_reads = refused_writes = 0
     for node in nodes:
         try:
@@ -73,7 +73,7 @@ def test_guest_cannot_request_a_launch(launched, target):
     victim = {"self": domid, "other": domid + 1, "new": 4242}[target]
     guest = Xenstore(h.xenstored.domain_socket(domid))
     with pytest.raises(Exception):  # noqa: B017 - xenstored answers EACCES
-        guest.write(proto.guest_path(victim, "request", "generation"), "9")
+        guest.write(proto.guest_path(victim, "request"), "v=1 generation=9")
     with pytest.raises(Exception):  # noqa: B017
         guest.write(proto.guest_path(victim, "command"), "destroy")
     guest.close()

@@ -55,12 +55,12 @@ def test_es_launch_measures_each_vmsa_after_the_image(tmp_path, vcpus):
             ),
         )
         assert h.wait_state(domid, "measured", "error") == "measured", h.logs()
-        measured = LaunchMeasurement.from_base64(h.xs.read(proto.guest_path(domid, "measurement")))
+        measured = LaunchMeasurement.from_base64(h.field(domid, "measurement"))
         st = Platform(h.host.client()).status()
         args = (measured, image, int(policy), st.api_major, st.api_minor, st.build, session.keys.tik)
         verify_measurement(*args, vmsa.reset_vmsas(vcpus))
         with pytest.raises(Exception, match="does not match"):
             verify_measurement(*args)  # without the VMSAs the digest differs
-        assert int(h.xs.read(proto.guest_path(domid, "asid"))) < 5
+        assert int(h.field(domid, "asid")) < 5
     finally:
         h.close()

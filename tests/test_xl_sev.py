@@ -174,7 +174,7 @@ def test_sev_es_guest_attested_with_its_vmsa(harness, tmp_path):
     proc = xl(harness, "create", cfg, "--attest", tmp_path / "owner")
     assert "measurement verified" in proc.stdout, proc.stdout + proc.stderr
     domid = harness.toolstack.xen.domid_by_name("sev-es-guest")
-    asid = int(harness.xs.read(f"/sevd/guest/{domid}/asid"))
+    asid = harness.summary(domid).asid
     assert 1 <= asid < 5, "SEV-ES guests take ASIDs below the minimum SEV ASID"
     xl(harness, "destroy", "sev-es-guest")
 
@@ -244,10 +244,10 @@ def test_real_host_runs_stock_xl_with_these_command_lines(tmp_path):
     seen = {}
 
     def fake_daemon():  # accepts the request and reports the guest running, as sevd would
-        base = proto.guest_path(7)
-        wait_for(lambda: xs.read(f"{base}/request/generation"), 30, "request")
-        seen.update(xs.read_dir(f"{base}/request"))
-        xs.write_many(base, {"ack": "1", "state": "running", "handle": "1", "asid": "9", "measurement": "x"})
+        text = wait_for(lambda: xs.read(proto.guest_path(7, "request")), 30, "request")
+        seen.update(proto.parse_pairs("request", text))
+        summary = proto.GuestSummary(state=proto.GuestState.RUNNING, ack=1, handle=1, asid=9, measurement="A" * 64)
+        xs.write(proto.guest_path(7, "summary"), summary.format())
 
     daemon = threading.Thread(target=fake_daemon, daemon=True)
     daemon.start()
@@ -297,10 +297,10 @@ def test_real_host_pvh_guest_is_measured_where_libxenguest_says_it_loaded_it(tmp
     seen = {}
 
     def fake_daemon():
-        base = proto.guest_path(7)
-        wait_for(lambda: xs.read(f"{base}/request/generation"), 30, "request")
-        seen.update(xs.read_dir(f"{base}/request"))
-        xs.write_many(base, {"ack": "1", "state": "running", "handle": "1", "asid": "9", "measurement": "x"})
+        text = wait_for(lambda: xs.read(proto.guest_path(7, "request")), 30, "request")
+        seen.update(proto.parse_pairs("request", text))
+        summary = proto.GuestSummary(state=proto.GuestState.RUNNING, ack=1, handle=1, asid=9, measurement="A" * 64)
+        xs.write(proto.guest_path(7, "summary"), summary.format())
 
     daemon = threading.Thread(target=fake_daemon, daemon=True)
     daemon.start()
@@ -312,13 +312,14 @@ def test_real_host_pvh_guest_is_measured_where_libxenguest_says_it_loaded_it(tmp
         assert log.read_text().splitlines()[0] == f"-vvv create -p {cfg}"
         # the kernel's six pages, then (past the start-info page) the ramdisk's two
         assert (seen["image-gpa"], seen["image-size"], seen["image-more"]) == ("0x1000000", "24576", "0x1007000+0x2000")
+        assert seen["generation"] == "1"
 
         # a ramdisk other than the one xl loaded: the sizes disagree and nothing is measured
         ramdisk.write_bytes(os.urandom(9000))
         xs.rm(proto.guest_path(7))
         proc = run("xl-sev", "--config", config, "create", cfg, env=env)
         assert proc.returncode == 1 and "refusing to measure" in proc.stderr, proc.stderr
-        assert xs.read(proto.guest_path(7, "request", "generation")) is None
+        assert xs.read(proto.guest_path(7, "request")) is None
         assert log.read_text().splitlines()[-1] == "destroy 7"
     finally:
         xs.close()

@@ -1,6 +1,9 @@
 """The pyxs wrapper: absent nodes, empty values, conflicting transactions retried, lost connections."""
 
+import errno
+
 import pytest
+import pyxs
 
 from sevd.xen.xenstored import XenstoredStandIn
 from sevd.xen.xsclient import Xenstore, XenstoreLost
@@ -21,6 +24,29 @@ def test_absent_is_none_and_empty_is_allowed(xs):
     assert c.list("/nope") == []
     c.write("/a/empty", "")
     assert c.read("/a/empty") == ""
+
+
+def test_read_many_answers_each_path_in_order_in_one_round_trip(xs):
+    server, c = xs
+    paths = [f"/many/{i}" for i in range(300)]
+    for i, path in enumerate(paths[::2]):
+        c.write(path, f"value {i}")
+    before = server.requests
+    values = c.read_many(paths)
+    assert values == [f"value {i // 2}" if i % 2 == 0 else None for i in range(300)]
+    assert server.requests - before == 300 and c.read_many([]) == []
+    assert c.read("/many/0") == "value 0"  # the connection carries on as before
+
+
+def test_read_many_raises_what_xenstored_refuses(xs, tmp_path):
+    server, c = xs
+    c.write("/private/x", "1")
+    c.set_perms("/private", ("n0",))
+    guest = Xenstore(server.domain_socket(5, tmp_path / "dom5.sock"))
+    with pytest.raises(pyxs.PyXSError) as info:
+        guest.read_many(["/private/x"])
+    assert info.value.args[0] == errno.EACCES
+    guest.close()
 
 
 def test_conflicting_transaction_is_run_again_not_dropped(xs):

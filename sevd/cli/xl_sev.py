@@ -262,8 +262,10 @@ def resolve_domain(xs: Any, dom: str) -> tuple[int, str]:
 
 
 def _sev_guest(xs: Any, dom: str) -> tuple[int, str, dict[str, str]]:
+    from sevd.xen.toolstack import read_guest
+
     domid, name = resolve_domain(xs, dom)
-    nodes = xs.read_dir(proto.guest_path(domid))
+    nodes = read_guest(xs, domid)
     if not nodes:
         raise InputError(f"domain {dom!r} (domid {domid}) is not an SEV guest: sevd has no request for it")
     return domid, name, nodes
@@ -310,7 +312,12 @@ def wait_for(
     progress: Progress | None = None,
     fail_on_error_state: bool = True,
 ) -> dict[str, str]:
-    """Follow /sevd/guest/<domid> (watch + a short poll) until `done(nodes)`; show state/step changes."""
+    """Follow /sevd/guest/<domid> (watch + a short poll) until `done(nodes)`; show state/step changes.
+
+    `nodes` is toolstack.read_guest's view: the guest's node names overlaid with its summary's keys.
+    """
+    from sevd.xen.toolstack import read_guest
+
     base = proto.guest_path(domid)
     watched = xs.__dict__.setdefault("_xl_sev_watched", set())
     if base not in watched:
@@ -318,7 +325,7 @@ def wait_for(
         watched.add(base)
     deadline = time.monotonic() + timeout
     while True:
-        nodes = xs.read_dir(base) if xs.read(base) is not None else {}
+        nodes = read_guest(xs, domid)
         shown = (nodes.get("state"), nodes.get("step"))
         if progress is not None and shown != progress.shown and shown[0]:
             step = f": {shown[1]}" if shown[1] and shown[0] == "launching" else ""
@@ -326,15 +333,11 @@ def wait_for(
                 progress.step(f"{shown[0]}{step}")
             progress.shown = shown
         if done(nodes):
-            # read_dir lists, then reads each child: a transaction of sevd's may land in between. The
-            # state we waited for is stable, so a fresh read sees everything written with it.
-            return xs.read_dir(base) if nodes else nodes
+            return nodes  # one summary: the state waited for comes with everything published with it
         if fail_on_error_state and nodes.get("state") == proto.GuestState.ERROR.value:
             if progress is not None:
                 progress.close()
-            # Read afresh: read_dir may have listed the children before sevd's transaction added `error`.
-            reason = xs.read(f"{base}/error") or nodes.get("error") or "failed (no reason given)"
-            raise LaunchError(f"domain {domid}: {reason}")
+            raise LaunchError(f"domain {domid}: {nodes.get('error') or 'failed (no reason given)'}")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             if progress is not None:
@@ -351,11 +354,14 @@ def _wait_state(xs: Any, domid: int, state: proto.GuestState, timeout: float, pr
 
 
 def _run_command(xs: Any, domid: int, timeout: float, what: str) -> dict[str, str]:
-    """Wait until sevd has taken the command node (it removes it when done); fail if it wrote `error`."""
+    """Wait until sevd has taken the command node (it removes it when done); fail if the summary has an `error`.
+
+    sevd removes the command and publishes its outcome in one transaction, so the summary read after the
+    command is gone says how it went.
+    """
     nodes = wait_for(xs, domid, lambda n: "command" not in n, timeout, what, fail_on_error_state=False)
-    error = xs.read(proto.guest_path(domid, "error"))  # written before sevd removes the command: read it now
-    if error is not None:
-        raise LaunchError(f"domain {domid}: {error}")
+    if "error" in nodes:
+        raise LaunchError(f"domain {domid}: {nodes['error']}")
     return nodes
 
 
@@ -647,7 +653,7 @@ def _launch(
         attest = False
     from sevd.xen.toolstack import request_launch, send_command, send_secret
 
-    generation = int(xs.read(proto.guest_path(domid, "ack")) or 0) + 1
+    generation = _acked(xs, domid) + 1
     request = proto.LaunchRequest(
         domid=domid,
         generation=generation,
@@ -659,6 +665,7 @@ def _launch(
         godh=godh,
         session=blob,
         image_more=more,
+        name=guest.name if proto.fits_name(guest.name) else None,  # else `list` reads xl's name node
     )
     request_launch(xs, request)
     progress.line(
@@ -697,6 +704,14 @@ def _int(text: str | None) -> int | None:
     return int(text) if text is not None and text.isdigit() else None
 
 
+def _acked(xs: Any, domid: int) -> int:
+    """The request generation sevd took last for the domain (0: none)."""
+    from sevd.xen.toolstack import read_summary
+
+    summary = read_summary(xs, domid)
+    return summary.ack if summary is not None and summary.ack is not None else 0
+
+
 def _owner_hint(guest: xlcfg.GuestConfig, domid: int, nodes: dict[str, str]) -> str:
     assert guest.session is not None
     d = guest.session.directory
@@ -720,29 +735,46 @@ def _owner_hint(guest: xlcfg.GuestConfig, domid: int, nodes: dict[str, str]) -> 
 # -- the other guest verbs --------------------------------------------------------------------------------------------
 
 
+def guest_rows(xs: Any) -> list[dict[str, Any]]:
+    """What `list` shows: one summary per guest, all read in one pipelined batch.  A guest sevd has not
+    taken yet has no summary: its request (read in a second batch) gives the name and policy; xl's
+    name node is read only for a guest named by neither."""
+    from sevd.xen.toolstack import parse_summary
+
+    domids = sorted(int(x) for x in xs.list(proto.GUESTS) if x.isdigit())
+    texts = xs.read_many([proto.guest_path(d, "summary") for d in domids])
+    summaries = {d: parse_summary(d, text) or proto.GuestSummary() for d, text in zip(domids, texts, strict=True)}
+    names = {d: s.name for d, s in summaries.items() if s.name is not None}
+    policies = {d: str(s.policy) for d, s in summaries.items() if s.policy is not None}
+    untaken = [d for d in domids if d not in names or d not in policies]
+    for domid, request in zip(untaken, xs.read_many([proto.guest_path(d, "request") for d in untaken]), strict=True):
+        with contextlib.suppress(InputError):  # shown as the toolstack wrote it; sevd judges it
+            fields = proto.parse_pairs("request", request) if request is not None else {}
+            names.setdefault(domid, fields.get("name"))
+            policies.setdefault(domid, fields.get("policy"))
+    unnamed = [d for d in domids if names.get(d) is None]
+    names |= dict(zip(unnamed, xs.read_many([f"/local/domain/{d}/name" for d in unnamed]), strict=True))
+    return [
+        {
+            "domid": domid,
+            "name": names.get(domid) or "",
+            "handle": summary.handle,
+            "asid": summary.asid,
+            "state": summary.state.value if summary.state else "requested",
+            "policy": policies.get(domid),
+            "_measured": summary.measurement is not None,
+        }
+        for domid, summary in summaries.items()
+    ]
+
+
 @cli.command("list")
 @click.pass_context
 @reports_errors
 def list_cmd(ctx: click.Context) -> None:
     """SEV guests sevd knows: domid, name, PSP handle, ASID, state, policy, measurement present."""
-    rows = []
     with _xenstore(ctx) as xs:
-        for d in sorted(int(x) for x in xs.list(proto.GUESTS) if x.isdigit()):
-            nodes = xs.read_dir(proto.guest_path(d))
-            policy = nodes.get("policy")
-            if policy is None:
-                policy = xs.read(proto.guest_path(d, "request", "policy"))
-            rows.append(
-                {
-                    "domid": d,
-                    "name": xs.read(f"/local/domain/{d}/name") or "",
-                    "handle": _int(nodes.get("handle")),
-                    "asid": _int(nodes.get("asid")),
-                    "state": nodes.get("state", "requested"),
-                    "policy": policy,
-                    "_measured": "measurement" in nodes,
-                }
-            )
+        rows = guest_rows(xs)
     lines = [f"{'Name':<20} {'ID':>5} {'Handle':>6} {'ASID':>5} {'State':<10} {'Measured':<8} Policy"]
     for r in rows:
         try:
@@ -804,7 +836,7 @@ def inject_secret(
 ) -> None:
     """LAUNCH_SECRET: send the owner's packaged secret (sev-tool's files) to a measured guest."""
     from sevd.owner import files
-    from sevd.xen.toolstack import send_secret
+    from sevd.xen.toolstack import read_request, send_secret
 
     header = files.read_bytes(header_path, "secret header")
     data = files.read_bytes(secret_path, "packaged secret")
@@ -812,7 +844,8 @@ def inject_secret(
         domid, _, nodes = _sev_guest(xs, dom)
         _require_daemon(xs)
         if gpa is None:
-            gpa_value = int(xs.read(proto.guest_path(domid, "request", "image-gpa")) or "0", 0)
+            request = read_request(xs, domid)
+            gpa_value = request.image_gpa if request is not None else 0
         else:
             try:
                 gpa_value = int(gpa, 0)

@@ -9,6 +9,7 @@ restarts and reconnects all reduce to "reconcile every domain again".
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import faulthandler
 import logging
@@ -38,9 +39,9 @@ from sevd.xen import protocol as proto
 from sevd.xen.hypervisor import Hypervisor, HypervisorError
 from sevd.xen.xsclient import Xenstore, XenstoreError, XenstoreLost
 
-LAUNCH_STEPS = ("SEV_DOMAIN", "LAUNCH_START", "ACTIVATE", "SEV_ENABLED", "UPDATE_DATA", "UPDATE_VMSA", "MEASURE")
-# Nodes the daemon writes itself: their watch events need no reconcile.
-DAEMON_NODES = {"ack", "state", "step", "handle", "asid", "measurement", "api", "build", "policy", "error"}
+LAUNCH_STEPS = proto.LAUNCH_STEPS
+# The node the daemon writes itself: its watch events need no reconcile.
+DAEMON_NODES = {"summary"}
 
 
 # Fault injection for the crash tests: SEVD_FAULT="before:ACTIVATE" kills the daemon (SIGKILL, no
@@ -120,10 +121,15 @@ class Daemon:
         self._again: set[int] = set()
         self._asid_lock = threading.Lock()
         self._published: dict[str, str] = {}  # platform values last written, to write only changes
-        self._requests: dict[int, proto.LaunchRequest] = {}  # requests taken, until the guest is gone
-        # Each launch asks Xen for its image's ranges once: GET_RANGES pins every frame it reports
-        # until the domain dies, so asking per UPDATE_DATA step would pin the image many times over.
-        self._image_ranges: dict[int, list[tuple[int, int]]] = {}
+        self._platform_status: Any = None  # the last PLATFORM_STATUS: api and build for the summaries
+        # Requests taken (the node's text and its parse), until the guest is gone: a pass that reads
+        # the same text again knows the request without parsing it.
+        self._requests: dict[int, tuple[str, proto.LaunchRequest]] = {}
+        # Each guest's summary as published on this connection (or read after connecting), so a pass
+        # neither re-reads it nor rewrites it unchanged.  Reset on reconnect: xenstored may have lost it.
+        self._summaries: dict[int, proto.GuestSummary] = {}
+        self._summaries_lock = threading.Lock()
+        self._layout: dict[tuple[int, str], list[Any]] = {}  # image ranges and VMSA pages, during a launch
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -136,14 +142,92 @@ class Daemon:
             fields["SEV_STATUS"] = status
         return fields
 
-    def _write(self, domid: int, values: dict[str, str]) -> None:
-        """One node: a plain write; several: one transaction, so readers see them together."""
-        assert self.xs is not None
-        if len(values) == 1:
-            ((key, value),) = values.items()
-            self.xs.write(proto.guest_path(domid, key), value)
-        else:
-            self.xs.write_many(proto.guest_path(domid), values)
+    # -- the summary node ----------------------------------------------------------------------------------
+
+    def _remember(self, xs: Xenstore, domid: int, summary: proto.GuestSummary) -> None:
+        with self._summaries_lock:
+            if self.xs is xs:  # not if a reconnect came in between: the new connection reads it afresh
+                self._summaries[domid] = summary
+
+    def _current(self, domid: int, names: set[str]) -> proto.GuestSummary | None:
+        """The guest's published summary: known, or read once (after a restart or reconnect)."""
+        xs = self.xs
+        assert xs is not None
+        known = self._summaries.get(domid)
+        if known is not None or "summary" not in names:
+            return known
+        text = xs.read(proto.guest_path(domid, "summary"))
+        if text is None:
+            return None
+        try:
+            summary = proto.GuestSummary.parse(text)
+        except InputError as exc:  # not ours (or an older sevd's): rewritten at the next transition
+            self.log.warning("domain %d: ignoring the summary in xenstore: %s", domid, exc)
+            return None
+        self._remember(xs, domid, summary)
+        return summary
+
+    def _publish(self, domid: int, summary: proto.GuestSummary) -> None:
+        """Write the summary node: one write, skipped when it says what the node already says."""
+        xs = self.xs
+        assert xs is not None
+        if self._summaries.get(domid) == summary:
+            return
+        xs.write(proto.guest_path(domid, "summary"), summary.format())
+        self._remember(xs, domid, summary)
+
+    def _amend(self, domid: int, rec: GuestRecord | None = None, **changes: Any) -> proto.GuestSummary:
+        """The published summary (or, if none is known, `rec`'s) with `changes`."""
+        base = self._summaries.get(domid)
+        if base is None:
+            base = self._summary_of(rec) if rec is not None else proto.GuestSummary()
+        return dataclasses.replace(base, **changes)
+
+    def _summary_of(self, rec: GuestRecord, step: str | None = None) -> proto.GuestSummary:
+        """What the journal says of the launch; ack and a standing error are kept from the published summary."""
+        previous = self._summaries.get(rec.domid)
+        api = build = None
+        if rec.measurement:  # what the owner needs to recompute it, with it
+            st = self._platform_status or self.platform_status()
+            api, build = f"{st.api_major}.{st.api_minor}", st.build
+        if step is None:
+            step = rec.step if rec.step in proto.STEPS else previous.step if previous else None
+        error = rec.error if rec.state == "error" else previous.error if previous else None
+        taken = self._requests.get(rec.domid)
+        name = (previous.name if previous else None) or (taken[1].name if taken else None)
+        return proto.GuestSummary(
+            state=proto.GuestState(rec.state),
+            ack=max(rec.generation, previous.ack or 0) if previous else rec.generation,
+            name=name,
+            step=step,
+            handle=rec.handle or None,
+            asid=rec.asid or None,
+            api=api,
+            build=build,
+            policy=Policy(rec.policy),
+            measurement=rec.measurement,
+            error=error,
+        )
+
+    def _answer(self, domid: int, command_text: str, summary: proto.GuestSummary | None = None) -> None:
+        """Remove the command node if it still holds the command acted on (a newer one must survive) and
+        publish the outcome, in one transaction: a reader sees the command gone and its result together."""
+        xs = self.xs
+        assert xs is not None
+        path = proto.guest_path(domid, "command")
+        write = summary is not None and summary != self._summaries.get(domid)
+
+        def body() -> None:
+            if xs.read(path) == command_text:
+                xs.rm(path)
+            if write:
+                assert summary is not None
+                xs.write(proto.guest_path(domid, "summary"), summary.format())
+
+        xs.transact(body)
+        if write:
+            assert summary is not None
+            self._remember(xs, domid, summary)
 
     def _domain_in_xenstore(self, domid: int) -> bool:
         """On a real host a domain exists while xl's /local/domain/<domid> does (removed when it dies)."""
@@ -192,7 +276,9 @@ class Daemon:
     def _connect(self, recover: bool) -> None:
         if self.xs is not None:
             self.xs.close()
-        self.xs = Xenstore(self.config.xenstore_socket)
+        with self._summaries_lock:
+            self.xs = Xenstore(self.config.xenstore_socket)
+            self._summaries = {}
         self._published = {}
         for path in (proto.ROOT, proto.GUESTS):
             if self.xs.read(path) is None:
@@ -241,7 +327,6 @@ class Daemon:
         self.log.info("stopping")
         notify(STOPPING="1")
         self.pool.shutdown(wait=True)
-        self.queue.stop()
         if self.xs is not None:
             self.xs.close()
 
@@ -280,90 +365,91 @@ class Daemon:
             if rec is not None:
                 self.teardown(rec)
                 self.records.delete(domid)
-                self._requests.pop(domid, None)
-                self._image_ranges.pop(domid, None)
                 self.log.info("domain %d gone: decommissioned", domid, extra=self._fields(rec))
                 self.publish_platform()
             self.xs.rm(base)
+            self._requests.pop(domid, None)
+            self._summaries.pop(domid, None)
             return
-        command_text = self.xs.read(f"{base}/command")
+        names = set(self.xs.list(base))  # one read says whether there is a request, a command, a summary
+        self._current(domid, names)
+        command_text = self.xs.read(f"{base}/command") if "command" in names else None
         command = None
         if command_text is not None:
             try:
                 command = proto.parse_command(command_text)
             except InputError as exc:
-                self._write(domid, {"error": proto.error_text("INVALID_REQUEST", str(exc))})
-                self.xs.rm(f"{base}/command")
+                self._answer(domid, command_text, self._amend(domid, rec, error=self._invalid(exc)))
                 return
         if command == proto.Command.DESTROY:
+            assert command_text is not None
             if rec is not None:
                 self.teardown(rec)
                 self.records.delete(domid)
                 self.publish_platform()
-            self._write(domid, {"state": proto.GuestState.DESTROYED.value})
-            self._consume_command(domid, command)
+            self._requests.pop(domid, None)
+            self._answer(domid, command_text, self._amend(domid, rec, state=proto.GuestState.DESTROYED))
             return
-        rec = self._take_request(domid, rec)
+        rec = self._take_request(domid, rec, names)
         if rec is None:
             return
         if rec.state in ("queued", "launching"):
             self.launch(rec)
-        elif self.xs.read(f"{base}/state") != rec.state:
-            # The journal is ahead of xenstore (a crash or a lost connection between the two): publish it.
-            if rec.state in ("measured", "running"):
-                self._publish_measured(rec)
-            else:
-                self._write(domid, {"state": rec.state, **({"error": rec.error} if rec.error else {})})
+        else:
+            published = self._summaries.get(domid)
+            if published is None or published.state != proto.GuestState(rec.state):
+                # The journal is ahead of xenstore (a crash or a lost connection between the two): publish it.
+                self._publish(domid, self._summary_of(rec))
         if rec.state == "measured" and not rec.attest:
             self.finish(rec)  # the pass that measured it did not get that far
+        if command is None:
+            return
+        assert command_text is not None
         if rec.state == "measured" and command == proto.Command.INJECT_SECRET:
-            injected = self.inject_secret(rec)
-            self._consume_command(domid, command)
-            if injected:  # announced only after the command is consumed, so the next one is not lost
-                self._write(domid, {"step": "SECRET"})
+            self.inject_secret(rec, command_text)
         elif rec.state == "measured" and command == proto.Command.FINISH:
-            self._consume_command(domid, command)
+            self._answer(domid, command_text)  # taken before the work: xl-sev then waits for `running`
             self.finish(rec)
-        elif command in (proto.Command.INJECT_SECRET, proto.Command.FINISH):
+        else:
             msg = f"{command.value} needs state measured, the guest is {rec.state}"
-            self._write(domid, {"error": proto.error_text("INVALID_REQUEST", msg)})
-            self._consume_command(domid, command)
+            self._answer(domid, command_text, self._amend(domid, rec, error=self._invalid(msg)))
 
-    def _consume_command(self, domid: int, command: proto.Command) -> None:
-        """Remove the command node only if it still holds the command acted on (a newer one must survive)."""
-        assert self.xs is not None
-        path = proto.guest_path(domid, "command")
-        xs = self.xs
+    @staticmethod
+    def _invalid(problem: object) -> str:
+        return proto.error_text("INVALID_REQUEST", str(problem))
 
-        def body() -> None:
-            if xs.read(path) == command.value:
-                xs.rm(path)
-
-        xs.transact(body)
-
-    def _take_request(self, domid: int, rec: GuestRecord | None) -> GuestRecord | None:
+    def _take_request(self, domid: int, rec: GuestRecord | None, names: set[str]) -> GuestRecord | None:
         """Accept a new request generation (validated) or return the current record."""
         assert self.xs is not None
-        base = proto.guest_path(domid)
-        generation = self.xs.read(f"{base}/request/generation")
-        if generation is None or (rec is not None and str(rec.generation) == generation):
+        if "request" not in names:
             return rec
-        if generation == self.xs.read(f"{base}/ack"):
+        text = self.xs.read(proto.guest_path(domid, "request"))
+        if text is None:
             return rec
-        request = self.xs.read_dir(f"{base}/request")
+        taken = self._requests.get(domid)
+        if rec is not None and taken is not None and taken[0] == text:
+            return rec
+        generation = proto.request_generation(text)
+        if rec is not None and generation == rec.generation:
+            return rec
+        published = self._summaries.get(domid)
+        if generation is not None and published is not None and published.ack == generation:
+            return rec  # taken before (refused, or launched and destroyed): never again
         if rec is not None:
             msg = f"domain {domid} already has a launch (generation {rec.generation}); destroy it first"
-            self._write(domid, {"ack": generation, "error": proto.error_text("INVALID_REQUEST", msg)})
+            changes: dict[str, Any] = {"error": self._invalid(msg)}
+            if generation is not None:
+                changes["ack"] = generation
+            self._publish(domid, self._amend(domid, rec, **changes))
             return rec
         try:
-            req = proto.LaunchRequest.parse(domid, request)
+            req = proto.LaunchRequest.parse_text(domid, text)
         except InputError as exc:
             self.log.warning("domain %d: request refused: %s", domid, exc, extra={"SEV_DOMID": domid})
-            self._write(
-                domid, {"ack": generation, "state": "error", "error": proto.error_text("INVALID_REQUEST", str(exc))}
-            )
+            refused = proto.GuestSummary(state=proto.GuestState.ERROR, ack=generation, error=self._invalid(exc))
+            self._publish(domid, refused)
             return None
-        self._requests[domid] = req
+        self._requests[domid] = (text, req)
         rec = GuestRecord(
             domid=domid,
             generation=req.generation,
@@ -373,11 +459,14 @@ class Daemon:
             image_gpa=req.image_gpa,
             image_size=req.image_size,
             image_more=[list(piece) for piece in req.image_more],
+            state="launching",
+            pending=LAUNCH_STEPS[0],  # the launch starts with it at once: this record is its "before" too
         )
-        self.records.save(rec)
-        rec.state = "launching"
-        self.records.save(rec)
-        self._write(domid, {"ack": generation, "state": "launching"})
+        self.records.save(rec)  # before the ack: a request acked is one the journal knows
+        launching = proto.GuestSummary(
+            state=proto.GuestState.LAUNCHING, ack=req.generation, name=req.name, policy=req.policy
+        )
+        self._publish(domid, launching)
         return rec
 
     # -- the launch ----------------------------------------------------------------------------------------
@@ -390,15 +479,21 @@ class Daemon:
         apply: Callable[[Any], None] | None = None,
         *,
         psp: bool = True,
+        then: Callable[[GuestRecord], str | None] | None = None,
     ):
         """Persist `pending` before the command and the result after it: a crash between is recoverable.
 
         A PSP command and its "after" record form one item on the PSP queue, so no other command
         runs between them: a handle the firmware frees (DECOMMISSION) or hands out (LAUNCH_START)
         is on disk before any other guest's command could reuse it.
+
+        `then` names the step that comes right after this one: the "after" record names it in flight,
+        so it is that step's "before" record too (one data sync, not two, and the very record a crash
+        between the two would have left).
         """
-        rec.pending = step
-        self.records.save(rec)
+        if rec.pending != step:  # else the record on disk names it already (pending is saved whenever set)
+            rec.pending = step
+            self.records.save(rec)
         fault_point("before", step)
 
         def run() -> Any:
@@ -406,8 +501,8 @@ class Daemon:
             fault_point("after", step)
             if apply is not None:
                 apply(result)
-            rec.pending = None
             rec.step = step
+            rec.pending = then(rec) if then is not None else None
             self.records.save(rec)
             return result
 
@@ -421,37 +516,46 @@ class Daemon:
         index = LAUNCH_STEPS.index(rec.step)
         if rec.step == "UPDATE_DATA" and rec.ranges_done < len(self._ranges(rec)):
             return "UPDATE_DATA"
-        if (
-            rec.step in ("UPDATE_DATA", "UPDATE_VMSA")
-            and rec.es
-            and rec.vmsas_done < len(self.hv.vmsa_pages(rec.domid))
-        ):
+        if rec.step in ("UPDATE_DATA", "UPDATE_VMSA") and rec.es and rec.vmsas_done < len(self._vmsa_pages(rec)):
             return "UPDATE_VMSA"  # SEV-ES: each vCPU's VMSA, after the image, as the owner measures them
         if rec.step == "UPDATE_DATA":
             index += 1  # no VMSA step for plain SEV
         return LAUNCH_STEPS[index + 1] if index + 1 < len(LAUNCH_STEPS) else None
 
+    def _following(self, rec: GuestRecord) -> str | None:
+        """The step right after the one just done: the next launch step, or FINISH when nobody attests."""
+        step = self._next_launch_step(rec)
+        if step is None and rec.state == "measured" and not rec.attest:
+            return "FINISH"
+        return step
+
     def _ranges(self, rec: GuestRecord) -> list[tuple[int, int]]:
-        """The image's system-physical ranges, piece after piece: the order the owner measures in."""
-        ranges = self._image_ranges.get(rec.domid)
-        if ranges is None:
+        """The image's system-physical ranges, piece after piece (the order the owner measures in), asked
+        of Xen once per launch pass (the paused domain's memory does not move meanwhile; GET_RANGES pins
+        every frame it reports until the domain dies, so it is not asked per step)."""
+        key = (rec.domid, "image")
+        if key not in self._layout:
             ranges = []
             for gpa, size in [(rec.image_gpa, rec.image_size), *rec.image_more]:
                 ranges += self.hv.guest_ranges(rec.domid, gpa, size)
-            self._image_ranges[rec.domid] = ranges
-        return ranges
+            self._layout[key] = ranges
+        return self._layout[key]
+
+    def _vmsa_pages(self, rec: GuestRecord) -> list[int]:
+        key = (rec.domid, "vmsa")
+        if key not in self._layout:
+            self._layout[key] = self.hv.vmsa_pages(rec.domid)
+        return self._layout[key]
 
     def launch(self, rec: GuestRecord) -> None:
         domid = rec.domid
         if rec.state != "launching":
             rec.state = "launching"
-            self._write(domid, {"state": "launching"})
+            self._publish(domid, self._summary_of(rec))
         try:
+            # The summary is published per state, not per step: a launch is three writes, not ten.
             while (step := self._next_launch_step(rec)) is not None:
-                announce = step != rec.step  # one `step` write per step, not per UPDATE_DATA range
                 self._launch_step(rec, step)
-                if announce:
-                    self._write(domid, {"step": step})
         except FirmwareError as err:
             self.fail(rec, err.name, str(err))
             return
@@ -461,28 +565,17 @@ class Daemon:
         except DeviceError as err:
             self.fail(rec, f"DEVICE_{errno.errorcode.get(err.errno, err.errno)}", str(err))
             return
-        rec.state = "measured"
-        self.records.save(rec)
-        self._publish_measured(rec)
+        finally:
+            self._layout.pop((domid, "image"), None)
+            self._layout.pop((domid, "vmsa"), None)
+        if rec.state != "measured":  # a journal written before MEASURE's record carried the state
+            rec.state = "measured"
+            self.records.save(rec)
         self.log.info("domain %d measured", domid, extra=self._fields(rec))
-        if not rec.attest:
-            self.finish(rec)
-
-    def _publish_measured(self, rec: GuestRecord) -> None:
-        """What the owner needs to check the launch, with the journal's state (idempotent)."""
-        st = self.platform_status()
-        self._write(
-            rec.domid,
-            {
-                "handle": str(rec.handle),
-                "asid": str(rec.asid),
-                "api": f"{st.api_major}.{st.api_minor}",
-                "build": str(st.build),
-                "policy": str(Policy(rec.policy)),
-                "measurement": rec.measurement or "",
-                "state": rec.state,
-            },
-        )
+        if rec.attest:
+            self._publish(domid, self._summary_of(rec))  # the owner checks it, then sends its secret
+        else:
+            self.finish(rec)  # published once, as running, with the measurement
 
     def _launch_step(self, rec: GuestRecord, step: str) -> None:
         g = self.guest
@@ -494,6 +587,7 @@ class Daemon:
                 lambda: self.make_sev_domain(rec.domid, rec.es),
                 lambda sev: setattr(rec, "asid", sev.asid),
                 psp=False,
+                then=self._following,
             )
         elif step == "LAUNCH_START":
             godh, session = self._owner_session(rec.domid)
@@ -503,11 +597,12 @@ class Daemon:
                 step,
                 lambda: g.launch_start(Policy(rec.policy), **kwargs),
                 lambda handle: setattr(rec, "handle", handle),
+                then=self._following,
             )
         elif step == "ACTIVATE":
-            self._journal(rec, step, lambda: g.activate(rec.handle, rec.asid))
+            self._journal(rec, step, lambda: g.activate(rec.handle, rec.asid), then=self._following)
         elif step == "SEV_ENABLED":
-            self._journal(rec, step, lambda: self.hv.enable_sev(rec.domid), psp=False)
+            self._journal(rec, step, lambda: self.hv.enable_sev(rec.domid), psp=False, then=self._following)
         elif step == "UPDATE_DATA":
             ranges = self._ranges(rec)
             spa, length = ranges[rec.ranges_done]
@@ -516,29 +611,39 @@ class Daemon:
                 step,
                 lambda: g.launch_update_data(rec.handle, spa, length),
                 lambda _: setattr(rec, "ranges_done", rec.ranges_done + 1),
+                then=self._following,
             )
         elif step == "UPDATE_VMSA":
-            spa = self.hv.vmsa_pages(rec.domid)[rec.vmsas_done]
+            spa = self._vmsa_pages(rec)[rec.vmsas_done]
             self._journal(
                 rec,
                 step,
                 lambda: g.launch_update_vmsa(rec.handle, spa),
                 lambda _: setattr(rec, "vmsas_done", rec.vmsas_done + 1),
+                then=self._following,
             )
         elif step == "MEASURE":
-            self._journal(
-                rec,
-                step,
-                lambda: g.launch_measure(rec.handle),
-                lambda blob: setattr(rec, "measurement", base64.b64encode(blob).decode()),
-            )
+
+            def measured(blob: bytes) -> None:  # the state goes with the measurement, in the same record
+                rec.measurement = base64.b64encode(blob).decode()
+                rec.state = "measured"
+
+            self._journal(rec, step, lambda: g.launch_measure(rec.handle), measured, then=self._following)
 
     def _owner_session(self, domid: int) -> tuple[bytes | None, bytes | None]:
         """The owner's session, as parsed when the request was taken (re-read after a restart)."""
-        req = self._requests.get(domid)
-        if req is None:
+        taken = self._requests.get(domid)
+        if taken is not None:
+            req = taken[1]
+        else:
             assert self.xs is not None
-            req = proto.LaunchRequest.parse(domid, self.xs.read_dir(proto.guest_path(domid, "request")))
+            text = self.xs.read(proto.guest_path(domid, "request"))
+            if text is None:
+                raise LaunchFailed("INVALID_REQUEST", "the request node is gone")
+            try:
+                req = proto.LaunchRequest.parse_text(domid, text)
+            except InputError as exc:
+                raise LaunchFailed("INVALID_REQUEST", str(exc)) from None
         return req.godh, req.session
 
     def make_sev_domain(self, domid: int, es: bool):
@@ -561,9 +666,12 @@ class Daemon:
         self.hv.asids_flushed(dirty)
         self.log.info("WBINVD + DF_FLUSH: ASIDs %s clean", dirty)
 
-    def inject_secret(self, rec: GuestRecord) -> bool:
+    def inject_secret(self, rec: GuestRecord, command_text: str) -> None:
+        """LAUNCH_SECRET with the packet in secret/*, which is removed whatever the outcome; the outcome
+        is published as the command is answered."""
         assert self.xs is not None
         base = proto.guest_path(rec.domid)
+        error = None
         try:
             packet = proto.SecretPacket.parse(self.xs.read_dir(f"{base}/secret"))
             ranges = self.hv.guest_ranges(rec.domid, packet.gpa, len(packet.data))
@@ -575,41 +683,42 @@ class Daemon:
                 "SECRET",
                 lambda: self.guest.launch_update_secret(rec.handle, packet.header, spa, packet.data),
             )
-            self.xs.rm(f"{base}/error")
             self.log.info("domain %d: secret injected (%d bytes)", rec.domid, len(packet.data), extra=self._fields(rec))
-            return True
         except InputError as exc:
-            self._write(rec.domid, {"error": proto.error_text("INVALID_REQUEST", str(exc))})
+            error = self._invalid(exc)
         except FirmwareError as err:
             rec.pending = None
             self.records.save(rec)
-            self._write(rec.domid, {"error": proto.error_text(err.name, str(err))})
+            error = proto.error_text(err.name, str(err))
             self.log.warning("domain %d: %s", rec.domid, err, extra=self._fields(rec, err.name))
         finally:
             self.xs.rm(f"{base}/secret")  # secrets are transient: never left behind
-        return False
+        step = rec.step if rec.step in proto.STEPS else None
+        self._answer(rec.domid, command_text, self._amend(rec.domid, rec, step=step, error=error))
 
     def finish(self, rec: GuestRecord) -> None:
+        def finished(_: Any) -> None:  # the state goes with the step, in the same record
+            rec.state = "running"
+
         try:
-            self._journal(rec, "FINISH", lambda: self.guest.launch_finish(rec.handle))
+            self._journal(rec, "FINISH", lambda: self.guest.launch_finish(rec.handle), finished)
         except FirmwareError as err:
             self.fail(rec, err.name, str(err))
             return
-        rec.state = "running"
-        self.records.save(rec)
-        self._write(rec.domid, {"state": "running", "step": "FINISH"})
+        self._publish(rec.domid, self._summary_of(rec))
         self.log.info("domain %d running", rec.domid, extra=self._fields(rec))
         self.publish_platform()
 
     def fail(self, rec: GuestRecord, name: str, message: str) -> None:
         self.log.error("domain %d: launch failed: %s: %s", rec.domid, name, message, extra=self._fields(rec, name))
+        last_step = rec.step if rec.step in proto.STEPS else None  # before the teardown's steps replace it
         try:
             self.teardown(rec)
         except (FirmwareError, SevdError) as exc:
             self.log.error("domain %d: teardown failed: %s", rec.domid, exc, extra=self._fields(rec))
         rec.state, rec.error = "error", proto.error_text(name, message)
         self.records.save(rec)
-        self._write(rec.domid, {"state": "error", "error": rec.error})
+        self._publish(rec.domid, self._summary_of(rec, step=last_step))
         self.publish_platform()
 
     def teardown(self, rec: GuestRecord) -> None:
@@ -711,9 +820,9 @@ class Daemon:
         return f"{running} running, {launching} launching"
 
     def publish_platform(self) -> None:
+        st = self._platform_status = self.platform_status()
         if self.xs is None:
             return
-        st = self.platform_status()
         values = {
             "api": f"{st.api_major}.{st.api_minor}",
             "build": str(st.build),

@@ -3,22 +3,23 @@
 On a real host these are the stock toolstack's `xl create -p`, `xl unpause` and `xl destroy` (no
 toolstack patch); on a simulated host `SimulatedToolstack` does the same to the simulated Xen and
 writes the standard /local/domain/<domid> nodes, INTRODUCE and RELEASE (so @introduceDomain and
-@releaseDomain fire) as xl and xenstored do.  The SEV request itself is written the same way on
-both, through the protocol module.
+@releaseDomain fire) as xl and xenstored do.  The SEV request itself is written, and sevd's summary
+read, the same way on both, through the protocol module.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sevd.errors import InputError, SevdError
 from sevd.xen import protocol as proto
 from sevd.xen.hypervisor import SimulatedXen
 from sevd.xen.xsclient import Xenstore
 
 
 def request_launch(xs: Xenstore, request: proto.LaunchRequest) -> None:
-    """Write the launch request; `generation` goes last in the same transaction, submitting it."""
-    xs.write_many(proto.guest_path(request.domid, "request"), request.to_nodes())
+    """Write the launch request: one node, so the one write submits all of it."""
+    xs.write(proto.guest_path(request.domid, "request"), request.format())
 
 
 def send_secret(xs: Xenstore, domid: int, packet: proto.SecretPacket) -> None:
@@ -30,6 +31,37 @@ def send_secret(xs: Xenstore, domid: int, packet: proto.SecretPacket) -> None:
 
 def send_command(xs: Xenstore, domid: int, command: proto.Command) -> None:
     xs.write(proto.guest_path(domid, "command"), command.value)
+
+
+def parse_summary(domid: int, text: str | None) -> proto.GuestSummary | None:
+    """A guest's summary node as read (None: sevd has published nothing for it yet)."""
+    if text is None:
+        return None
+    try:
+        return proto.GuestSummary.parse(text)
+    except InputError as exc:  # sevd wrote it, so this is no usage error: a version mismatch or a bug
+        raise SevdError(f"{proto.guest_path(domid, 'summary')}: {exc}") from None
+
+
+def read_summary(xs: Xenstore, domid: int) -> proto.GuestSummary | None:
+    return parse_summary(domid, xs.read(proto.guest_path(domid, "summary")))
+
+
+def read_request(xs: Xenstore, domid: int) -> proto.LaunchRequest | None:
+    text = xs.read(proto.guest_path(domid, "request"))
+    return None if text is None else proto.LaunchRequest.parse_text(domid, text)
+
+
+def read_guest(xs: Xenstore, domid: int) -> dict[str, str]:
+    """What a reader sees of one guest, in two reads: its nodes' names (valued "") overlaid with the
+    summary's keys and values.  Empty once the guest's nodes are gone."""
+    names = xs.list(proto.guest_path(domid))
+    view = dict.fromkeys(names, "")
+    if "summary" in view:
+        summary = read_summary(xs, domid)
+        if summary is not None:  # removed between the two reads: the guest is going away
+            view.update(summary.to_fields())
+    return view
 
 
 class SimulatedToolstack:

@@ -340,6 +340,7 @@ class XenstoredStandIn:
         self.saves = 0
         self.requests = 0  # every request answered, for round-trip accounting in benchmarks
         self.requests_by_pid: Counter[int] = Counter()
+        self.requests_by_pid_op: Counter[tuple[int, int]] = Counter()  # (pid, XsType): where they go
         self._servers: list[asyncio.AbstractServer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -453,6 +454,7 @@ class XenstoredStandIn:
     def _handle(self, conn: Connection, msg: wire.Message) -> None:
         self.requests += 1
         self.requests_by_pid[conn.peer_pid] += 1
+        self.requests_by_pid_op[conn.peer_pid, msg.type] += 1
         try:
             handler = _HANDLERS.get(msg.type)
             if handler is None:

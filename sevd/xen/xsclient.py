@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pyxs
-from pyxs._internal import Op, Packet
+from pyxs._internal import Op, Packet, next_rq_id
+from pyxs.helpers import error as pyxs_error
 
 from sevd.errors import SevdError
 
@@ -55,6 +56,39 @@ class Xenstore:
                 if _is_absent(exc):
                     return None
                 raise
+
+    def read_many(self, paths: list[str]) -> list[str | None]:
+        """Each path's value (None when absent), the requests pipelined: all of them leave in one send
+        before the first reply is awaited, so N reads cost about one round trip, not N (xenstored
+        answers a connection's requests in order)."""
+        if not paths:
+            return []
+        with self._lock:
+            router = self.client.router
+            tx_id = self.client.tx_id
+            ids = [next_rq_id() for _ in paths]
+            replies = _Replies(len(ids))
+            wire = b"".join(
+                Packet._struct.pack(Op.READ, rq_id, tx_id, len(path) + 1) + path.encode() + b"\x00"
+                for rq_id, path in zip(ids, paths, strict=True)
+            )
+            with router.send_lock:  # as pyxs' Router.send: the replies are awaited before the requests leave
+                if not router.is_connected:
+                    raise XenstoreLost(f"xenstore at {self.socket_path}: connection lost")
+                router.rvars.update(dict.fromkeys(ids, replies))
+                router.connection.transport.send(wire)
+            replies.done.wait()
+        values: list[str | None] = []
+        for rq_id in ids:
+            reply = replies.packets[rq_id]
+            if reply.op != Op.ERROR:
+                values.append(reply.payload.rstrip(b"\x00").decode(errors="replace"))
+                continue
+            exc = pyxs_error(reply.payload[:-1])  # "ENOENT\0": as pyxs turns it into an exception
+            if not _is_absent(exc):
+                raise exc
+            values.append(None)
+        return values
 
     def list(self, path: str) -> list[str]:
         with self._lock:
@@ -174,6 +208,21 @@ class Xenstore:
         """Make a blocked next_event return None now (safe from signal handlers and other threads)."""
         if self._monitor is not None:
             self._monitor.events.put(_WAKE)
+
+
+class _Replies:
+    """Where pyxs' router puts the replies to a pipelined batch (it calls `set` as on its own RVar): one
+    wake-up for the whole batch instead of one per reply."""
+
+    def __init__(self, count: int):
+        self.packets: dict[int, Packet] = {}
+        self.count = count
+        self.done = threading.Event()
+
+    def set(self, packet: Packet) -> None:
+        self.packets[packet.rq_id] = packet
+        if len(self.packets) == self.count:
+            self.done.set()
 
 
 class XenstoreLost(XenstoreError):

@@ -36,7 +36,7 @@ from sevd.abi.commands import (
     UserCommand,
 )
 from sevd.abi.commands import PlatformState as P
-from sevd.durable import exclusive, read_json, write_json
+from sevd.durable import atomic_write, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
 from sevd.psp.simulated import tables
 from sevd.psp.simulated.firmware import MAX_HANDLES, Firmware, new_state
@@ -215,9 +215,9 @@ class SimulatedPsp:
 
         def __exit__(self, *exc: object) -> None:
             try:
-                after = json.dumps(self.fw.state, indent=1, sort_keys=True).encode()
+                after = json.dumps(self.fw.state, indent=1, sort_keys=True).encode()  # as write_json writes it
                 if after != self.before:
-                    write_json(self.psp.dir / "state.json", self.fw.state)
+                    atomic_write(self.psp.dir / "state.json", after)  # the bytes compared: not encoded twice
             finally:
                 self.lock.__exit__(None, None, None)
 

@@ -23,8 +23,8 @@ PAGE = 4096
 
 def main(domid: int, cfg: str) -> int:
     xs = Xenstore(Config.load().xenstore_socket)
-    request = proto.LaunchRequest.parse(domid, xs.read_dir(proto.guest_path(domid, "request")))
-    asid = int(xs.read(proto.guest_path(domid, "asid")))
+    request = proto.LaunchRequest.parse_text(domid, xs.read(proto.guest_path(domid, "request")))
+    asid = proto.GuestSummary.parse(xs.read(proto.guest_path(domid, "summary"))).asid
     expected = xlcfg.load(cfg).read_image()
     xen = DomctlXen()
     actual = bytearray()
