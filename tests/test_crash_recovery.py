@@ -33,33 +33,57 @@ def launch(h, name, session):
     return domid
 
 
-def state_or_death(h, domid, *states):
-    """Wait for one of `states`; None when the daemon died first (the injected crash)."""
+def summary_or_death(h, domid, *states):
+    """Wait until no command is pending and the summary's state is one of `states`, and return that summary;
+    None when the daemon died first (the injected crash).
+
+    The summary is read once and everything is decided on that one read, as a toolstack does: after a
+    restart the node still says what the killed daemon last published until the new daemon's first pass
+    republishes it from the journal, so two reads can see two different summaries (`state=measured` from
+    the old one, `step=FINISH` from the new).  A command the killed daemon left is answered first, as the
+    protocol says (list the guest, read the summary): a packet written over a pending one could be read
+    half old, half new.
+    """
 
     def check():
-        if (s := h.state(domid)) in states:
-            return s
-        return "killed" if h.daemon.poll() is not None else None
+        if h.daemon.poll() is not None:
+            return "killed"
+        if "command" in h.xs.list(proto.guest_path(domid)):
+            return None
+        summary = h.summary(domid)
+        return summary if summary is not None and summary.state is not None and summary.state.value in states else None
 
-    state = wait_for(check, 30, f"domain {domid} in {states}")
-    return None if state == "killed" else state
+    found = wait_for(check, 30, f"domain {domid} in {states}")
+    return None if found == "killed" else found
+
+
+def state_or_death(h, domid, *states):
+    """Wait for one of `states`; None when the daemon died first (the injected crash)."""
+    summary = summary_or_death(h, domid, *states)
+    return None if summary is None else summary.state.value
 
 
 def drive_to_running(h, domid, session):
     """Play the owner until the guest runs or fails; None when the daemon was killed on the way."""
-    state = state_or_death(h, domid, "measured", "running", "error")
-    if state == "measured":
-        measured = LaunchMeasurement.from_base64(h.field(domid, "measurement"))
-        if h.field(domid, "step") != "SECRET":
+    summary = summary_or_death(h, domid, "measured", "running", "error")
+    if summary is None:
+        return None
+    if summary.state == proto.GuestState.MEASURED:
+        if summary.step != "SECRET":
+            measured = LaunchMeasurement.from_base64(summary.measurement)
             packaged = package_secret(session.keys, b"s" * 32, measured)
             gpa, _ = h.toolstack.image_location(domid)
             send_secret(h.xs, domid, proto.SecretPacket(packaged.header.to_bytes(), packaged.ciphertext, gpa))
-            wait_for(lambda: h.field(domid, "step") == "SECRET" or h.daemon.poll() is not None, 30, "secret")
+            # sevd removes the command as it publishes the outcome: then the summary holds the command's result.
+            path = proto.guest_path(domid, "command")
+            wait_for(lambda: h.xs.read(path) is None or h.daemon.poll() is not None, 30, "secret")
             if h.daemon.poll() is not None:
                 return None  # killed on the way: the caller restarts
+            answered = h.summary(domid)
+            assert answered is not None and answered.step == "SECRET", (answered, h.logs()[-4000:])
         send_command(h.xs, domid, proto.Command.FINISH)
-        state = state_or_death(h, domid, "running", "error")
-    return state
+        return state_or_death(h, domid, "running", "error")
+    return summary.state.value
 
 
 def journal(h):
