@@ -93,10 +93,13 @@ cp "$here/domctl-smoke.py" "$root/opt/sevd/"
 
 if [ -n "$venv" ]; then
     # Only what sevd needs at run time, from the venv `make venv` built (same Debian python3.11).
-    site=$(echo "$venv"/lib/python3.11/site-packages)
+    # Each from where the venv's Python imports it: the venv, or Debian's dist-packages for what the
+    # venv (made with --system-site-packages) did not need to install again.
     mkdir -p "$root/opt/site"
-    for p in cffi _cffi_backend.cpython-311-x86_64-linux-gnu.so pycparser click cryptography ioctl_opt pyxs systemd; do
-        cp -a "$site/$p" "$root/opt/site/"
+    for p in cffi _cffi_backend pycparser click cryptography ioctl_opt pyxs systemd; do
+        where=$("$venv/bin/python" -c "import importlib.util as u; s = u.find_spec('$p'); \
+print(s.submodule_search_locations[0] if s.submodule_search_locations else s.origin)")
+        cp -a "$where" "$root/opt/site/"
     done
     find "$root/opt/site" -name __pycache__ -prune -exec rm -rf {} +
     for so in $(find "$root/opt/site" -name '*.so'); do
