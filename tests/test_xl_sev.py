@@ -230,108 +230,115 @@ elif verb == "destroy":
 """
 
 
-def test_real_host_runs_stock_xl_with_these_command_lines(tmp_path):
-    sock = tmp_path / "xs.sock"
-    stand_in = XenstoredStandIn(str(sock), str(tmp_path / "xs.json")).start()
-    xs = Xenstore(str(sock))
-    bindir, log = tmp_path / "bin", tmp_path / "xl.log"
-    bindir.mkdir()
-    (bindir / "xl").write_text(FAKE_XL.format(python=sys.executable, log=str(log), sock=str(sock), builder_log=[]))
-    (bindir / "xl").chmod(0o755)
-    config = tmp_path / "sevd.toml"
-    config.write_text(f'[xenstore]\nsocket = "{sock}"\n[hypervisor]\nbackend = "xen"\n')
-    xs.write_many("/sevd/daemon", {"ready": "1", "pid": str(os.getpid())})
-    seen = {}
+class RealHost:
+    """A Xen host for xl-sev without Xen: the xenstored stand-in, a fake `xl` on PATH that logs its
+    command lines, and a stand-in for sevd that takes the request and reports the guest running."""
 
-    def fake_daemon():  # accepts the request and reports the guest running, as sevd would
-        text = wait_for(lambda: xs.read(proto.guest_path(7, "request")), 30, "request")
-        seen.update(proto.parse_pairs("request", text))
-        summary = proto.GuestSummary(state=proto.GuestState.RUNNING, ack=1, handle=1, asid=9, measurement="A" * 64)
-        xs.write(proto.guest_path(7, "summary"), summary.format())
+    def __init__(self, tmp_path, builder_log=()):
+        self.sock = tmp_path / "xs.sock"
+        self.stand_in = XenstoredStandIn(str(self.sock), str(tmp_path / "xs.json")).start()
+        self.xs = Xenstore(str(self.sock))
+        bindir, self.log = tmp_path / "bin", tmp_path / "xl.log"
+        bindir.mkdir()
+        fake = FAKE_XL.format(
+            python=sys.executable, log=str(self.log), sock=str(self.sock), builder_log=list(builder_log)
+        )
+        (bindir / "xl").write_text(fake)
+        (bindir / "xl").chmod(0o755)
+        self.config = tmp_path / "sevd.toml"
+        self.config.write_text(f'[xenstore]\nsocket = "{self.sock}"\n[hypervisor]\nbackend = "xen"\n')
+        self.xs.write_many("/sevd/daemon", {"ready": "1", "pid": str(os.getpid())})
+        self.env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+        self.seen: dict[str, str] = {}  # the request's fields, as the fake sevd read them
 
-    daemon = threading.Thread(target=fake_daemon, daemon=True)
-    daemon.start()
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
-    cfg = guest_cfg(tmp_path, "realguest")
-    try:
-        proc = run("xl-sev", "--config", config, "create", cfg, env=env)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        daemon.join(5)
-        assert log.read_text().splitlines() == [f"create -p {cfg}", "domid realguest", "unpause 7"]
-        # hvmloader's place for OVMF: the image ends at 4 GiB
-        assert int(seen["image-gpa"], 0) == (1 << 32) - (2 << 20) and seen["image-size"] == str(OVMF.stat().st_size)
-        assert (seen["attest"], seen["policy"], seen["generation"]) == ("0", "0x00000001", "1")
-        proc = run("xl-sev", "--config", config, "destroy", "realguest", env=env, timeout=30)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert log.read_text().splitlines()[-1] == "destroy 7"
-    finally:
-        xs.close()
-        stand_in.stop()
+    def start_daemon(self) -> threading.Thread:
+        def fake_daemon():  # accepts the request and reports the guest running, as sevd would
+            text = wait_for(lambda: self.xs.read(proto.guest_path(7, "request")), 30, "request")
+            self.seen.update(proto.parse_pairs("request", text))
+            summary = proto.GuestSummary(state=proto.GuestState.RUNNING, ack=1, handle=1, asid=9, measurement="A" * 64)
+            self.xs.write(proto.guest_path(7, "summary"), summary.format())
 
+        daemon = threading.Thread(target=fake_daemon, daemon=True)
+        daemon.start()
+        return daemon
 
-def test_real_host_pvh_guest_is_measured_where_libxenguest_says_it_loaded_it(tmp_path):
-    from test_owner_pvh import kernel_elf
+    def xl_sev(self, *args, timeout=90):
+        return run("xl-sev", "--config", self.config, *args, env=self.env, timeout=timeout)
 
-    sock = tmp_path / "xs.sock"
-    stand_in = XenstoredStandIn(str(sock), str(tmp_path / "xs.json")).start()
-    xs = Xenstore(str(sock))
-    bindir, log = tmp_path / "bin", tmp_path / "xl.log"
-    bindir.mkdir()
-    builder_log = [
-        "kernel       : 0x1000000 -> 0x1005100  (pfn 0x1000 + 0x6 pages)",
-        "HVM start info : 0x1006000 -> 0x1006a78  (pfn 0x1006 + 0x1 pages)",
-        "module0      : 0x1007000 -> 0x1008388  (pfn 0x1007 + 0x2 pages)",
-    ]
-    fake = FAKE_XL.format(python=sys.executable, log=str(log), sock=str(sock), builder_log=builder_log)
-    (bindir / "xl").write_text(fake)
-    (bindir / "xl").chmod(0o755)
-    config = tmp_path / "sevd.toml"
-    config.write_text(f'[xenstore]\nsocket = "{sock}"\n[hypervisor]\nbackend = "xen"\n')
-    xs.write_many("/sevd/daemon", {"ready": "1", "pid": str(os.getpid())})
-    kernel, ramdisk = tmp_path / "vmlinux", tmp_path / "initrd"
-    kernel.write_bytes(kernel_elf())
-    ramdisk.write_bytes(os.urandom(5000))  # raw: two pages
-    cfg = tmp_path / "pvh.cfg"
-    body = f'type = "pvh"\nkernel = "{kernel}"\nramdisk = "{ramdisk}"\nmemory = 64\nsev = 1\n'
-    cfg.write_text('name = "realguest"\n' + body)
-    seen = {}
+    def xl_calls(self) -> list[str]:
+        return self.log.read_text().splitlines()
 
-    def fake_daemon():
-        text = wait_for(lambda: xs.read(proto.guest_path(7, "request")), 30, "request")
-        seen.update(proto.parse_pairs("request", text))
-        summary = proto.GuestSummary(state=proto.GuestState.RUNNING, ack=1, handle=1, asid=9, measurement="A" * 64)
-        xs.write(proto.guest_path(7, "summary"), summary.format())
-
-    daemon = threading.Thread(target=fake_daemon, daemon=True)
-    daemon.start()
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
-    try:
-        proc = run("xl-sev", "--config", config, "create", cfg, env=env)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        daemon.join(5)
-        assert log.read_text().splitlines()[0] == f"-vvv create -p {cfg}"
-        # the kernel's six pages, then (past the start-info page) the ramdisk's two
-        assert (seen["image-gpa"], seen["image-size"], seen["image-more"]) == ("0x1000000", "24576", "0x1007000+0x2000")
-        assert seen["generation"] == "1"
-
-        # a ramdisk other than the one xl loaded: the sizes disagree and nothing is measured
-        ramdisk.write_bytes(os.urandom(9000))
-        xs.rm(proto.guest_path(7))
-        proc = run("xl-sev", "--config", config, "create", cfg, env=env)
-        assert proc.returncode == 1 and "refusing to measure" in proc.stderr, proc.stderr
-        assert xs.read(proto.guest_path(7, "request")) is None
-        assert log.read_text().splitlines()[-1] == "destroy 7"
-    finally:
-        xs.close()
-        stand_in.stop()
+    def close(self) -> None:
+        self.xs.close()
+        self.stand_in.stop()
 
 
-def test_pvh_guest_attested_on_the_simulated_host(harness, tmp_path):
+def pvh_files(tmp_path):
+    """A small PVH kernel and a raw ramdisk of two pages."""
     from test_owner_pvh import kernel_elf
 
     kernel, ramdisk = tmp_path / "vmlinux", tmp_path / "initrd"
     kernel.write_bytes(kernel_elf())
     ramdisk.write_bytes(os.urandom(5000))
+    return kernel, ramdisk
+
+
+def test_real_host_runs_stock_xl_with_these_command_lines(tmp_path):
+    host = RealHost(tmp_path)
+    daemon = host.start_daemon()
+    cfg = guest_cfg(tmp_path, "realguest")
+    try:
+        proc = host.xl_sev("create", cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        daemon.join(5)
+        assert host.xl_calls() == [f"create -p {cfg}", "domid realguest", "unpause 7"]
+        # hvmloader's place for OVMF: the image ends at 4 GiB
+        seen = host.seen
+        assert int(seen["image-gpa"], 0) == (1 << 32) - (2 << 20) and seen["image-size"] == str(OVMF.stat().st_size)
+        assert (seen["attest"], seen["policy"], seen["generation"]) == ("0", "0x00000001", "1")
+        proc = host.xl_sev("destroy", "realguest", timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert host.xl_calls()[-1] == "destroy 7"
+    finally:
+        host.close()
+
+
+def test_real_host_pvh_guest_is_measured_where_libxenguest_says_it_loaded_it(tmp_path):
+    builder_log = [
+        "kernel       : 0x1000000 -> 0x1005100  (pfn 0x1000 + 0x6 pages)",
+        "HVM start info : 0x1006000 -> 0x1006a78  (pfn 0x1006 + 0x1 pages)",
+        "module0      : 0x1007000 -> 0x1008388  (pfn 0x1007 + 0x2 pages)",
+    ]
+    host = RealHost(tmp_path, builder_log)
+    kernel, ramdisk = pvh_files(tmp_path)
+    cfg = tmp_path / "pvh.cfg"
+    cfg.write_text(
+        f'name = "realguest"\ntype = "pvh"\nkernel = "{kernel}"\nramdisk = "{ramdisk}"\nmemory = 64\nsev = 1\n'
+    )
+    daemon = host.start_daemon()
+    try:
+        proc = host.xl_sev("create", cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        daemon.join(5)
+        assert host.xl_calls()[0] == f"-vvv create -p {cfg}"
+        # the kernel's six pages, then (past the start-info page) the ramdisk's two
+        seen = host.seen
+        assert (seen["image-gpa"], seen["image-size"], seen["image-more"]) == ("0x1000000", "24576", "0x1007000+0x2000")
+        assert seen["generation"] == "1"
+
+        # a ramdisk other than the one xl loaded: the sizes disagree and nothing is measured
+        ramdisk.write_bytes(os.urandom(9000))
+        host.xs.rm(proto.guest_path(7))
+        proc = host.xl_sev("create", cfg)
+        assert proc.returncode == 1 and "refusing to measure" in proc.stderr, proc.stderr
+        assert host.xs.read(proto.guest_path(7, "request")) is None
+        assert host.xl_calls()[-1] == "destroy 7"
+    finally:
+        host.close()
+
+
+def test_pvh_guest_attested_on_the_simulated_host(harness, tmp_path):
+    kernel, ramdisk = pvh_files(tmp_path)
     cfg = tmp_path / "pvhsev.cfg"
     cfg.write_text(f'name = "pvhsev"\ntype = "pvh"\nkernel = "{kernel}"\nramdisk = "{ramdisk}"\nmemory = 64\nsev = 1\n')
     owner = tmp_path / "owner"
