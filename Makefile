@@ -9,6 +9,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 APT_PACKAGES := python3 python3-venv python3-dev python3-gi gcc pkg-config libffi-dev linux-libc-dev \
 	libsystemd-dev umockdev gir1.2-umockdev-1.0 xenstore-utils ovmf libxenmisc4.17 systemd
 STAMP := $(VENV)/.installed
+PY_SOURCES := sevd sim tests bench cffi_build.py
 
 .PHONY: all deps venv demo test lint bench clean
 
@@ -22,21 +23,22 @@ deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml setup.py cffi_build.py
+$(STAMP): pyproject.toml setup.py cffi_build.py sim/pyproject.toml
 	$(MAKE) deps
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,systemd]'
+	$(PY) -m pip install -q -e '.[test,systemd]' -e ./sim
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sevd demo
+	$(VENV)/bin/sevd-sim demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check sevd tests bench cffi_build.py
-	$(VENV)/bin/ruff format --check sevd tests bench cffi_build.py
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

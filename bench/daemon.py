@@ -19,8 +19,8 @@ from sevd.cli.xl_sev import guest_rows
 from sevd.guest import GuestCommands
 from sevd.xen import protocol as proto
 from sevd.xen.toolstack import parse_summary
-from sevd.xen.wire import XsType
 from sevd.xen.xsclient import Xenstore
+from sevd_sim.wire import XsType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from daemon_harness import OVMF, Harness  # noqa: E402

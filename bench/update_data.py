@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from sevd.abi.policy import Policy
 from sevd.guest import GuestCommands
 from sevd.psp.device import PspClient
-from sevd.psp.simulated.device import SimulatedPsp, create_psp
-from sevd.psp.simulated.memory import PhysicalMemory
+from sevd_sim.psp.device import SimulatedPsp, create_psp
+from sevd_sim.psp.memory import PhysicalMemory
 
 SIZE = 4 << 20
 SPA = 0x100000

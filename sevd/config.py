@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 
 from sevd.errors import InputError
-from sevd.psp.device import DEFAULT_DEVICE, PspClient, open_device
+from sevd.psp.device import DEFAULT_DEVICE
 
 DEFAULT_CONFIG = Path("/etc/sevd/sevd.toml")
 
@@ -59,14 +59,3 @@ class Config:
             log_level=get("daemon", "log_level", "info", ("debug", "info", "warning", "error")),
             source=str(chosen),
         )
-
-    def open_psp(self, *, write: bool = True) -> PspClient:
-        """The ioctl client on the configured backend; callers never ask which one it is."""
-        if self.psp_backend == "simulated":
-            from sevd.psp.simulated.device import SimulatedPsp
-
-            try:
-                return PspClient(SimulatedPsp(Path(self.psp_path), writable=write))
-            except FileNotFoundError as exc:
-                raise InputError(f"{self.source}: [psp] path: {exc}") from None
-        return open_device(self.psp_path, write=write)

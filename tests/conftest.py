@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from sevd.psp.simulated.device import create_psp
-from sevd.psp.simulated.memory import PhysicalMemory
+from sevd_sim.psp.device import create_psp
+from sevd_sim.psp.memory import PhysicalMemory
 
 SIM_MEMORY = 64 << 20
 

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 from sevd.abi.policy import Policy
-from sevd.simhost import SimulatedHost
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import SimulatedToolstack, parse_summary, read_summary, request_launch
-from sevd.xen.xenstored import XenstoredStandIn
+from sevd.xen.toolstack import parse_summary, read_summary, request_launch
 from sevd.xen.xsclient import Xenstore
+from sevd_sim.host import SimulatedHost
+from sevd_sim.toolstack import SimulatedToolstack
+from sevd_sim.xenstored import XenstoredStandIn
 
 BIN = Path(sys.executable).parent
 OVMF = Path("/usr/share/ovmf/OVMF.fd")

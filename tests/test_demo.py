@@ -23,10 +23,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not OVMF.exists(), reason="Debian's ovmf package provides the demo's boot image")
 def test_demo_runs_a_full_attested_launch_through_the_daemon(tmp_path):
-    sevd = shutil.which("sevd", path=str(Path(sys.executable).parent))
+    sevd_sim = shutil.which("sevd-sim", path=str(Path(sys.executable).parent))
     host = tmp_path / "host"
     started = time.monotonic()
-    proc = subprocess.run([sevd, "demo", "--host", str(host)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sevd_sim, "demo", "--host", str(host)], capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - started
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
@@ -61,11 +61,11 @@ def test_demo_runs_a_full_attested_launch_through_the_daemon(tmp_path):
 def test_demo_stops_its_processes_when_a_step_fails(tmp_path):
     # A domain named sev-guest already exists on this host: xl-sev create fails, the demo must still clean up.
     host = tmp_path / "host"
-    from sevd.simhost import SimulatedHost
+    from sevd_sim.host import SimulatedHost
 
     SimulatedHost.create(host).xen().create_domain("sev-guest", 16, b"\0" * 4096)
-    sevd = shutil.which("sevd", path=str(Path(sys.executable).parent))
-    proc = subprocess.run([sevd, "demo", "--host", str(host)], capture_output=True, text=True, timeout=120)
+    sevd_sim = shutil.which("sevd-sim", path=str(Path(sys.executable).parent))
+    proc = subprocess.run([sevd_sim, "demo", "--host", str(host)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "demo FAILED" in proc.stdout and "already exists" in proc.stdout
     pids = [int((host / "pids" / n).read_text()) for n in ("xenstored", "sevd")]

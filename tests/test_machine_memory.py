@@ -18,25 +18,25 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sevd import backends
 from sevd.abi import status
 from sevd.abi.launch import LaunchMeasurement, TransportKeys
 from sevd.abi.policy import Policy
-from sevd.cli.sevd_main import cli
 from sevd.config import Config
-from sevd.daemon import service
 from sevd.guest import GuestCommands
 from sevd.owner.measurement import verify_measurement
 from sevd.owner.secret import package_secret
 from sevd.platform import Platform
 from sevd.psp.device import PspClient
-from sevd.psp.simulated import device
-from sevd.psp.simulated import digest as digest_mod
-from sevd.psp.simulated.device import XEN_MACHINE_MEMORY, SimulatedPsp, create_psp
-from sevd.psp.simulated.firmware import Firmware
-from sevd.psp.simulated.identity import Identity
-from sevd.psp.simulated.memory import READ_CHUNK, SPA_LIMIT, MachineMemory, OutOfRange, PhysicalMemory
 from sevd.xen import domctl
 from sevd.xen.hypervisor import HypervisorError
+from sevd_sim.cli import cli
+from sevd_sim.psp import device
+from sevd_sim.psp import digest as digest_mod
+from sevd_sim.psp.device import XEN_MACHINE_MEMORY, SimulatedPsp, create_psp
+from sevd_sim.psp.firmware import Firmware
+from sevd_sim.psp.identity import Identity
+from sevd_sim.psp.memory import READ_CHUNK, SPA_LIMIT, MachineMemory, OutOfRange, PhysicalMemory
 
 BASE = 0x7A000000  # where the fake machine holds the guest's RAM
 RAM = 4 << 20
@@ -217,7 +217,7 @@ def test_xen_is_opened_only_when_guest_memory_is_read(xen_psp, monkeypatch, capl
 
     monkeypatch.setattr(domctl, "DomctlXen", no_xen)
     monkeypatch.setattr(device, "_warned", set())  # as in a new process (creating the PSP announced it already)
-    with caplog.at_level(logging.WARNING, logger="sevd.psp.simulated"):
+    with caplog.at_level(logging.WARNING, logger="sevd_sim.psp"):
         psp, platform, g = open_guest(xen_psp)
         psp2 = SimulatedPsp(xen_psp)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -342,11 +342,6 @@ class FakeDomctlXen:
     def _psp_saw_wbinvd(self) -> bool:
         return json.loads((self.psp_host / "psp" / "state.json").read_text())["wbinvd_done"]
 
-    def wbinvd_all(self) -> None:
-        self.calls.append(("wbinvd_all", self._psp_saw_wbinvd()))
-        if self.fail:
-            raise HypervisorError("Xen refused WBINVD: EOPNOTSUPP")
-
     def wbinvd_all_cpus(self) -> None:
         self.calls.append(("wbinvd_all_cpus", self._psp_saw_wbinvd()))
         if self.fail:
@@ -375,13 +370,10 @@ def test_wbinvd_through_real_xen_reaches_the_simulated_psp(xen_psp, machine, mon
     fakes: list[FakeDomctlXen] = []
     monkeypatch.setattr(domctl, "DomctlXen", lambda **kw: fakes.append(FakeDomctlXen(xen_psp, **kw)) or fakes[-1])
     config = Config(psp_backend="simulated", psp_path=str(xen_psp), hypervisor_backend="xen")
-    hv = service.open_hypervisor(config, lambda domid: True)
+    hv = backends.open_hypervisor(config, lambda domid: True)
     assert hv.exists(3) and hv.dirty_asids() == [4]  # everything else is Xen's
     hv.wbinvd_all_cpus()
     assert fakes[0].calls == [("wbinvd_all_cpus", False)]  # the PSP learns of it only after Xen did it
-    g.df_flush()
-    _dirty_psp(xen_psp)
-    hv.wbinvd_all()
     g.df_flush()
 
 
@@ -389,7 +381,7 @@ def test_a_refused_wbinvd_is_not_signalled(xen_psp, machine, monkeypatch):
     g = _dirty_psp(xen_psp)
     monkeypatch.setattr(domctl, "DomctlXen", lambda **kw: FakeDomctlXen(xen_psp, fail=True, **kw))
     config = Config(psp_backend="simulated", psp_path=str(xen_psp), hypervisor_backend="xen")
-    hv = service.open_hypervisor(config, lambda domid: True)
+    hv = backends.open_hypervisor(config, lambda domid: True)
     with pytest.raises(HypervisorError):
         hv.wbinvd_all_cpus()
     with pytest.raises(status.WbinvdRequired):
@@ -400,15 +392,15 @@ def test_a_real_psp_gets_the_bare_xen_backend(monkeypatch):
     fake = FakeDomctlXen(Path("/nonexistent"))
     monkeypatch.setattr(domctl, "DomctlXen", lambda **kw: fake)
     config = Config(psp_backend="device", hypervisor_backend="xen")
-    assert service.open_hypervisor(config, lambda domid: True) is fake
+    assert backends.open_hypervisor(config, lambda domid: True) is fake
 
 
-# -- sevd sim-psp ------------------------------------------------------------------------------------------
+# -- sevd-sim psp ------------------------------------------------------------------------------------------
 
 
 def test_sim_psp_plain_creates_only_a_psp(tmp_path):
     root = tmp_path / "p"
-    result = CliRunner().invoke(cli, ["sim-psp", str(root), "--max-asid", "9", "--min-sev-asid", "3"])
+    result = CliRunner().invoke(cli, ["psp", str(root), "--max-asid", "9", "--min-sev-asid", "3"])
     assert result.exit_code == 0, result.output
     assert f"simulated PSP ready: {root / 'psp'}" in result.output
     assert "ASIDs: 1..9 (SEV-ES 1..2, SEV 3..9)" in result.output
@@ -419,19 +411,19 @@ def test_sim_psp_plain_creates_only_a_psp(tmp_path):
     assert (state["max_asid"], state["min_sev_asid"]) == (9, 3)
     _, platform, _ = open_guest(root)
     assert platform.status().state == 1  # INIT, as the kernel leaves it at probe
-    again = CliRunner().invoke(cli, ["sim-psp", str(root)])
+    again = CliRunner().invoke(cli, ["psp", str(root)])
     assert again.exit_code == 2 and "already holds a simulated PSP" in again.output
 
 
 def test_sim_psp_refuses_impossible_asids(tmp_path):
-    result = CliRunner().invoke(cli, ["sim-psp", str(tmp_path / "p"), "--max-asid", "4", "--min-sev-asid", "5"])
+    result = CliRunner().invoke(cli, ["psp", str(tmp_path / "p"), "--max-asid", "4", "--min-sev-asid", "5"])
     assert result.exit_code == 2 and "--min-sev-asid" in result.output
     assert not (tmp_path / "p").exists()
 
 
 @pytest.mark.skipif(Path("/dev/xen/privcmd").exists(), reason="this is a Xen Dom0")
 def test_sim_psp_on_xen_without_xen_says_so(tmp_path):
-    result = CliRunner().invoke(cli, ["sim-psp", str(tmp_path / "p"), "--xen-machine-memory"])
+    result = CliRunner().invoke(cli, ["psp", str(tmp_path / "p"), "--xen-machine-memory"])
     assert result.exit_code == 1
     assert "--xen-machine-memory needs Dom0 of the patched Xen booted with sev=test" in result.output
     assert "Dom0" in result.output.split("sev=test:", 1)[1]  # and why: DomctlXen's own reason
@@ -454,7 +446,7 @@ def test_sim_psp_on_xen_takes_the_asids_from_xen(tmp_path, monkeypatch):
     xen = FakeInfoXen(test_mode=True)
     monkeypatch.setattr(domctl, "DomctlXen", lambda **kw: xen)
     root = tmp_path / "p"
-    result = CliRunner().invoke(cli, ["sim-psp", str(root), "--xen-machine-memory"])
+    result = CliRunner().invoke(cli, ["psp", str(root), "--xen-machine-memory"])
     assert result.exit_code == 0, result.output
     assert "measure-only TEST MODE" in result.output and "ASIDs: 1..7 (SEV-ES 1..3, SEV 4..7)" in result.output
     assert xen.closed
@@ -463,13 +455,13 @@ def test_sim_psp_on_xen_takes_the_asids_from_xen(tmp_path, monkeypatch):
     assert (config["memory"], config["encrypt"], config["es"]) == ("xen", False, True)
     state = json.loads((root / "psp" / "state.json").read_text())
     assert (state["max_asid"], state["min_sev_asid"]) == (7, 4)
-    explicit = CliRunner().invoke(cli, ["sim-psp", str(tmp_path / "q"), "--xen-machine-memory", "--max-asid", "6"])
+    explicit = CliRunner().invoke(cli, ["psp", str(tmp_path / "q"), "--xen-machine-memory", "--max-asid", "6"])
     assert explicit.exit_code == 0, explicit.output
     assert json.loads((tmp_path / "q" / "psp" / "state.json").read_text())["max_asid"] == 6
 
 
 def test_sim_psp_on_xen_needs_sev_test(tmp_path, monkeypatch):
     monkeypatch.setattr(domctl, "DomctlXen", lambda **kw: FakeInfoXen(test_mode=False))
-    result = CliRunner().invoke(cli, ["sim-psp", str(tmp_path / "p"), "--xen-machine-memory"])
+    result = CliRunner().invoke(cli, ["psp", str(tmp_path / "p"), "--xen-machine-memory"])
     assert result.exit_code == 1 and "sev=test" in result.output
     assert not (tmp_path / "p" / "psp").exists()

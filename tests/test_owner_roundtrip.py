@@ -27,8 +27,8 @@ from sevd.owner.secret import package_secret
 from sevd.owner.session import make_session
 from sevd.platform import Platform
 from sevd.psp.device import PspClient
-from sevd.psp.simulated.device import SimulatedPsp
-from sevd.psp.simulated.identity import API_MAJOR, API_MINOR
+from sevd_sim.psp.device import SimulatedPsp
+from sevd_sim.psp.identity import API_MAJOR, API_MINOR
 
 OVMF = pathlib.Path("/usr/share/ovmf/OVMF.fd")
 BUILD = 7

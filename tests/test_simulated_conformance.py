@@ -2,7 +2,7 @@
 
 Every test sets up state with commands and reads it back with PLATFORM_STATUS / GUEST_STATUS;
 nothing here looks inside the firmware model.  The state matrices are generated from
-sevd/psp/simulated/tables.py, so a row changed there is tested here.
+sim/sevd_sim/psp/tables.py, so a row changed there is tested here.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from sevd.guest import GuestCommands
 from sevd.owner.secret import package_secret
 from sevd.platform import Platform
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD, PspClient
-from sevd.psp.simulated import tables
-from sevd.psp.simulated.device import SimulatedPsp, create_psp
-from sevd.psp.simulated.memory import PhysicalMemory
-from sevd.simhost import simulated_roots
+from sevd_sim.host import simulated_roots
+from sevd_sim.psp import tables
+from sevd_sim.psp.device import SimulatedPsp, create_psp
+from sevd_sim.psp.memory import PhysicalMemory
 
 SEV_ASID, SEV_ASID2, ES_ASID = 5, 6, 1
 DATA_SPA = 0x100000  # 1 MiB: a page the tests encrypt

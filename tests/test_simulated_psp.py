@@ -18,9 +18,9 @@ from sevd.guest import GuestCommands
 from sevd.owner.measurement import verify_measurement
 from sevd.platform import Platform
 from sevd.psp.device import PspClient
-from sevd.psp.simulated import digest as digest_mod
-from sevd.psp.simulated.device import SimulatedPsp
-from sevd.psp.simulated.memory import OutOfRange, PhysicalMemory, crypt
+from sevd_sim.psp import digest as digest_mod
+from sevd_sim.psp.device import SimulatedPsp
+from sevd_sim.psp.memory import OutOfRange, PhysicalMemory, crypt
 
 SPA = 0x40000
 PLAIN = bytes(range(256)) * 16  # one page

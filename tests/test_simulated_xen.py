@@ -2,8 +2,9 @@
 
 import pytest
 
-from sevd.psp.simulated.memory import PAGE, PhysicalMemory
-from sevd.xen.hypervisor import HypervisorError, SimulatedXen, coalesce
+from sevd.xen.hypervisor import HypervisorError
+from sevd_sim.psp.memory import PAGE, PhysicalMemory
+from sevd_sim.xen import SimulatedXen, coalesce
 
 
 @pytest.fixture

@@ -372,7 +372,7 @@ def test_asids_flushed_bytes():
 
 def test_wbinvd_bytes():
     lib = FakeXencall(lambda d: 0)
-    dc.DomctlXen(lib).wbinvd_all()
+    dc.DomctlXen(lib).wbinvd_all_cpus()
     assert lib.calls == [frame(0x7FF4, 6) + bytes(120)]
 
 

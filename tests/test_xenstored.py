@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sevd.xen import wire
-from sevd.xen.wire import XsType
-from sevd.xen.xenstored import XenstoredStandIn
+from sevd_sim import wire
+from sevd_sim.wire import XsType
+from sevd_sim.xenstored import XenstoredStandIn
 
 
 def S(*items: str) -> bytes:
@@ -33,7 +33,7 @@ class XsFail(Exception):
 
 
 class Raw:
-    """A minimal raw-socket client built on sevd.xen.wire."""
+    """A minimal raw-socket client built on sevd_sim.wire."""
 
     def __init__(self, path: str, timeout: float = 5.0):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -649,7 +649,7 @@ def test_store_survives_restart(sockdir):
 def test_command_line_ready_line_and_sigterm(sockdir):
     sock = os.path.join(sockdir, "cli")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sevd.xen.xenstored", "--socket", sock, "--domain-socket", f"4={sock}4"],
+        [sys.executable, "-m", "sevd_sim.xenstored", "--socket", sock, "--domain-socket", f"4={sock}4"],
         stdout=subprocess.PIPE,
         text=True,
     )

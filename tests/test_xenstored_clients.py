@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from sevd.xen.xenstored import XenstoredStandIn
+from sevd_sim.xenstored import XenstoredStandIn
 
 pyxs = pytest.importorskip("pyxs")
 

@@ -7,8 +7,8 @@ from daemon_harness import Harness, wait_for
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
 from sevd.xen.toolstack import send_command
-from sevd.xen.xenstored import XenstoredStandIn
 from sevd.xen.xsclient import Xenstore
+from sevd_sim.xenstored import XenstoredStandIn
 
 IMAGE = b"\x0f" * (200 * 4096)
 

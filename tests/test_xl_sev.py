@@ -13,8 +13,8 @@ from daemon_harness import BIN, OVMF, Harness, wait_for
 
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
-from sevd.xen.xenstored import XenstoredStandIn
 from sevd.xen.xsclient import Xenstore
+from sevd_sim.xenstored import XenstoredStandIn
 
 pytestmark = pytest.mark.skipif(not OVMF.exists(), reason="Debian's ovmf package provides the boot image")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

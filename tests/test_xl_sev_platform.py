@@ -1,4 +1,4 @@
-"""`xl-sev platform` and `sevd sim-host` as an operator runs them: installed entry points, subprocesses."""
+"""`xl-sev platform` and `sevd-sim host` as an operator runs them: installed entry points, subprocesses."""
 
 import json
 import os
@@ -22,7 +22,7 @@ def run(*args, check=True):
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     root = tmp_path_factory.mktemp("host")
-    run("sevd", "sim-host", str(root), "--create-only")
+    run("sevd-sim", "host", str(root), "--create-only")
     return root
 
 
@@ -71,7 +71,7 @@ def test_bad_config_value_is_named(tmp_path):
 
 def test_firmware_error_exits_1_with_spec_name(tmp_path):
     root = tmp_path / "h"
-    run("sevd", "sim-host", str(root), "--create-only")
+    run("sevd-sim", "host", str(root), "--create-only")
     cfg = str(root / "sevd.toml")
     xl_ = ("xl-sev", "--config", cfg, "platform")
     run(*xl_, "factory-reset")
@@ -87,7 +87,7 @@ def test_firmware_error_exits_1_with_spec_name(tmp_path):
 def test_sim_host_runs_xenstored_until_sigterm(tmp_path):
     root = tmp_path / "fg"
     proc = subprocess.Popen(
-        [str(BIN / "sevd"), "sim-host", str(root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [str(BIN / "sevd-sim"), "host", str(root)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
         lines = []

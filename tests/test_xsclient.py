@@ -5,8 +5,8 @@ import errno
 import pytest
 import pyxs
 
-from sevd.xen.xenstored import XenstoredStandIn
 from sevd.xen.xsclient import Xenstore, XenstoreLost
+from sevd_sim.xenstored import XenstoredStandIn
 
 
 @pytest.fixture

@@ -27,9 +27,9 @@ from sevd.abi.policy import Policy  # noqa: E402
 from sevd.guest import GuestCommands  # noqa: E402
 from sevd.platform import Platform  # noqa: E402
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD, DeviceFile, PspClient  # noqa: E402
-from sevd.psp.simulated.device import SimulatedPsp, create_psp  # noqa: E402
-from sevd.psp.simulated.memory import PhysicalMemory  # noqa: E402
-from sevd.simhost import simulated_roots  # noqa: E402
+from sevd_sim.host import simulated_roots  # noqa: E402
+from sevd_sim.psp.device import SimulatedPsp, create_psp  # noqa: E402
+from sevd_sim.psp.memory import PhysicalMemory  # noqa: E402
 
 SEV_NODE = (
     "P: /devices/virtual/misc/sev\nN: sev\nE: DEVNAME=/dev/sev\nE: MAJOR=10\nE: MINOR=124\n"

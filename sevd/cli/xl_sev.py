@@ -18,7 +18,6 @@ import dataclasses
 import errno
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,16 +30,15 @@ from sevd import __version__
 from sevd.abi.launch import LaunchMeasurement, check_secret_length
 from sevd.abi.policy import Policy
 from sevd.abi.status import FirmwareError
+from sevd.backends import open_psp, open_toolstack
 from sevd.cli.common import emit, reports_errors
 from sevd.config import Config
 from sevd.errors import DeviceError, InputError, SevdError
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
 from sevd.xen import xlcfg
+from sevd.xen.toolstack import Toolstack
 
-PAGE = 4096
-FOUR_GIB = 1 << 32
-OVMF_ALIGN = 1 << 20  # hvmloader places OVMF at 4 GiB minus its size rounded up to 1 MiB
 DEFAULT_TIMEOUT = 60.0
 STOCK_XL_WARNING = (
     "Stock `xl create` ignores the sev* keys and starts the guest WITHOUT SEV: its memory is then "
@@ -98,7 +96,7 @@ def _config(ctx: click.Context) -> Config:
 
 
 def _platform(ctx: click.Context, *, write: bool = True) -> Platform:
-    return Platform(_config(ctx).open_psp(write=write))
+    return Platform(open_psp(_config(ctx), write=write))
 
 
 def _json(ctx: click.Context) -> bool:
@@ -137,7 +135,7 @@ def platform_export(ctx: click.Context, directory: str) -> None:
     On a simulated host, the simulated AMD ark.cert and ask.cert are written too.
     """
     config = Config.load(ctx.find_root().obj["config_path"])
-    paths = Platform(config.open_psp(write=False)).pdh_cert_export().write(directory)
+    paths = Platform(open_psp(config, write=False)).pdh_cert_export().write(directory)
     if config.psp_backend == "simulated":
         for name in ("ark.cert", "ask.cert"):
             target = Path(directory) / name
@@ -368,105 +366,8 @@ def _run_command(xs: Any, domid: int, timeout: float, what: str) -> dict[str, st
 # -- toolstacks ---------------------------------------------------------------------------------------------------
 
 
-class XlToolstack:
-    """A real Xen host: the stock `xl` does what it always does; sevd adds SEV to the paused domain."""
-
-    def __init__(self, xl: str = "xl"):
-        self.xl = xl
-        # PVH: where libxenguest put the kernel and ramdisk, from its own log of `xl -vvv create`.
-        self.pvh_ranges: dict[int, list[tuple[int, int]]] = {}
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        try:
-            proc = subprocess.run([self.xl, *args], capture_output=True, text=True, timeout=120)
-        except FileNotFoundError:
-            raise SevdError(f"`{self.xl}` not found: xl-sev needs Xen's xl (package xen-utils) on a Xen host") from None
-        if proc.returncode != 0:
-            detail = (proc.stderr or proc.stdout).strip().splitlines()
-            raise SevdError(f"xl {' '.join(args)} failed (exit {proc.returncode}): {' / '.join(detail[-3:])}")
-        return proc
-
-    def _xl(self, *args: str) -> str:
-        return self._run(*args).stdout
-
-    def create(self, guest: xlcfg.GuestConfig, image: bytes) -> int:
-        if guest.sev and guest.pvh:
-            # -vvv makes libxenguest log each segment it allocates: the only account of where it
-            # loaded the kernel and ramdisk (their place depends on the kernel's ELF headers).
-            proc = self._run("-vvv", "create", "-p", guest.path)
-            log = proc.stderr + proc.stdout
-        else:
-            self._xl("create", "-p", guest.path)
-        out = self._xl("domid", guest.name).strip()
-        if not out.isdigit():
-            raise SevdError(f"xl domid {guest.name}: unexpected answer {out[:40]!r}")
-        domid = int(out)
-        if guest.sev and guest.pvh:
-            from sevd.owner.pvh import measured_ranges, parse_domain_builder_log
-
-            try:
-                self.pvh_ranges[domid] = measured_ranges(parse_domain_builder_log(log))
-            except InputError as exc:
-                self.destroy(domid)
-                raise SevdError(f"xl create {guest.path}: cannot tell where the kernel was loaded: {exc}") from None
-        return domid
-
-    def image_location(self, domid: int, image_size: int) -> list[tuple[int, int]]:
-        """(gpa, size) pieces holding the image, in the order they are measured."""
-        if domid in self.pvh_ranges:
-            pieces = self.pvh_ranges[domid]
-            loaded = sum(size for _, size in pieces)
-            if loaded != image_size:
-                where = ", ".join(f"{size} at {gpa:#x}" for gpa, size in pieces)
-                raise SevdError(
-                    f"domain {domid}: the toolstack loaded the kernel and ramdisk as {where} ({loaded} bytes), "
-                    f"but the owner's image of the same files is {image_size} bytes: refusing to measure"
-                )
-            return pieces
-        # hvmloader's OVMF_BEGIN: the image ends at 4 GiB, its start rounded down to 1 MiB.
-        span = -(-image_size // OVMF_ALIGN) * OVMF_ALIGN
-        return [(FOUR_GIB - span, image_size)]
-
-    def unpause(self, domid: int) -> None:
-        self._xl("unpause", str(domid))
-
-    def destroy(self, domid: int) -> None:
-        self._xl("destroy", str(domid))
-
-
-class SimToolstack:
-    """A simulated host: sevd.xen.toolstack.SimulatedToolstack, the stand-in for `xl create -p`."""
-
-    def __init__(self, config: Config, xs: Any):
-        from sevd.xen.toolstack import SimulatedToolstack
-
-        self.sim = SimulatedToolstack(config.hypervisor_path, xs)
-
-    def create(self, guest: xlcfg.GuestConfig, image: bytes) -> int:
-        from sevd.xen.hypervisor import HypervisorError
-
-        try:
-            return self.sim.create(guest.name, guest.memory_mb, image, guest.vcpus)
-        except HypervisorError as exc:
-            raise SevdError(f"XEN_ERROR: {exc}") from None
-
-    def image_location(self, domid: int, image_size: int) -> list[tuple[int, int]]:
-        return [self.sim.image_location(domid)]
-
-    def unpause(self, domid: int) -> None:
-        self.sim.unpause(domid)
-
-    def destroy(self, domid: int) -> None:
-        self.sim.destroy(domid)
-
-    def exists(self, domid: int) -> bool:
-        return self.sim.xen.domain_exists(domid)
-
-
-def toolstack(config: Config, xs: Any) -> XlToolstack | SimToolstack:
-    if config.hypervisor_backend == "simulated":
-        return SimToolstack(config, xs)
-    return XlToolstack(os.environ.get("XL_SEV_XL", "xl"))
+def toolstack(config: Config, xs: Any) -> Toolstack:
+    return open_toolstack(config, xs)
 
 
 # -- the local owner (create --attest) ------------------------------------------------------------------------------
@@ -484,7 +385,7 @@ class LocalOwner:
         from sevd.owner.session import make_session, write_session
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        platform = Platform(config.open_psp(write=False))
+        platform = Platform(open_psp(config, write=False))
         platform.pdh_cert_export().write(self.directory)
         if config.psp_backend == "simulated":  # the simulated chip's AMD root, exported alongside
             for name in ("ark.cert", "ask.cert"):
@@ -908,9 +809,7 @@ def destroy(ctx: click.Context, dom: str, timeout: float) -> None:
     with _xenstore(ctx) as xs:
         domid, name = resolve_domain(xs, dom)
         sev = xs.read(proto.guest_path(domid)) is not None
-        ts = toolstack(config, xs)
-        if not isinstance(ts, SimToolstack) or ts.exists(domid):
-            ts.destroy(domid)
+        toolstack(config, xs).destroy(domid)
         if sev:
             if daemon_problem(xs) is None:
                 wait_for(xs, domid, lambda n: not n, timeout, "sevd to decommission it", fail_on_error_state=False)
@@ -932,7 +831,7 @@ def guest_status(ctx: click.Context, dom: str) -> None:
     handle = _int(nodes.get("handle"))
     if not handle:
         raise LaunchError(f"domain {dom}: no PSP handle yet (state {nodes.get('state', 'requested')})")
-    st = GuestCommands(_config(ctx).open_psp(write=True)).guest_status(handle)
+    st = GuestCommands(open_psp(_config(ctx), write=True)).guest_status(handle)
     policy = Policy(st.policy)
     data = {"domid": domid, "handle": handle, "state": st.state.name, "asid": st.asid, "policy": str(policy)}
     emit(ctx, data, f"handle {handle}\nstate {st.state.name}\nasid {st.asid}\npolicy {policy} ({policy.describe()})")
@@ -1080,7 +979,7 @@ def _psp_checks(config: Config) -> tuple[list[Check], Any]:
         if not present:
             return checks, None
     try:
-        client = config.open_psp(write=True)
+        client = open_psp(config, write=True)
     except (SevdError, OSError) as exc:
         checks.append(Check("guest-command ioctl", False, str(exc), "open /dev/sev for writing"))
         return checks, None

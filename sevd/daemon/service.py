@@ -27,6 +27,7 @@ import pyxs
 from sevd.abi.commands import GuestState as FwGuestState
 from sevd.abi.policy import Policy
 from sevd.abi.status import FirmwareError
+from sevd.backends import open_hypervisor, open_psp
 from sevd.config import Config
 from sevd.daemon.notify import listening, notify, setup_logging, watchdog_interval
 from sevd.daemon.pspqueue import PspQueue
@@ -61,53 +62,11 @@ class LaunchFailed(SevdError):
         self.name, self.message = name, message
 
 
-class XenWithSimulatedPsp:
-    """The real Xen in front of a simulated PSP (the sev=test whole-system test under emulation).
-
-    A real PSP learns of WBINVD from the CPUs; the simulated one must be told, after each WBINVD the daemon
-    asks Xen for (between DEACTIVATE and DF_FLUSH).  The WBINVD Xen runs by itself when an SEV domain dies
-    is not relayed: the DEACTIVATE that follows it clears the record anyway, and every DF_FLUSH the daemon
-    issues comes after its own WBINVD, so the simulated firmware never refuses one the real one would accept.
-    """
-
-    def __init__(self, xen: Any, psp_wbinvd: Callable[[], None]):
-        self.xen = xen
-        self.psp_wbinvd = psp_wbinvd
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.xen, name)
-
-    def wbinvd_all_cpus(self) -> None:
-        self.xen.wbinvd_all_cpus()
-        self.psp_wbinvd()  # only once Xen has done it: a refused WBINVD must leave DF_FLUSH refused
-
-    def wbinvd_all(self) -> None:
-        self.xen.wbinvd_all()
-        self.psp_wbinvd()
-
-
-def open_hypervisor(config: Config, exists: Callable[[int], bool]) -> Hypervisor:
-    if config.hypervisor_backend == "simulated":
-        from sevd.psp.simulated.device import SimulatedPsp
-        from sevd.xen.hypervisor import SimulatedXen
-
-        host = Path(config.hypervisor_path)
-        return SimulatedXen(host, psp_wbinvd=SimulatedPsp(host).wbinvd_all_cpus)
-    from sevd.xen import domctl  # the real backend: the patched Xen's SEV domctl through libxencall
-
-    xen = domctl.DomctlXen(exists=exists)
-    if config.psp_backend == "simulated":
-        from sevd.psp.simulated.device import SimulatedPsp
-
-        return XenWithSimulatedPsp(xen, SimulatedPsp(Path(config.psp_path)).wbinvd_all_cpus)
-    return xen
-
-
 class Daemon:
     def __init__(self, config: Config, *, client: PspClient | None = None, hypervisor: Hypervisor | None = None):
         self.config = config
         self.log = setup_logging(config.log_level)
-        self.client = client or config.open_psp()
+        self.client = client or open_psp(config)
         self.guest = GuestCommands(self.client)
         self.platform = Platform(self.client)
         self.hv = hypervisor or open_hypervisor(config, self._domain_in_xenstore)

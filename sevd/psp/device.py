@@ -3,7 +3,7 @@
 `PspClient` lays out `struct sev_issue_cmd` and the command buffers with cffi (sevd._psp) and
 hands them to an `IoctlTarget`.  Two targets exist and the client never asks which it has:
 `DeviceFile`, which calls ioctl(2) on an open /dev/sev, and the simulated PSP
-(sevd.psp.simulated), which parses the very same bytes.  Errors come back as the driver reports
+(sevd_sim.psp), which parses the very same bytes.  Errors come back as the driver reports
 them: a negative errno, and for firmware failures EIO with the status in `error`.
 """
 

@@ -1,7 +1,7 @@
 """The real hypervisor backend: XEN_DOMCTL_sev_op of our Xen patches, reached through libxencall.
 
-`DomctlXen` answers the same calls as `SimulatedXen` (sevd/xen/hypervisor.py): make_sev_domain,
-boot_image_ranges, enable_sev, asids_flushed; plus info(), check_spa(), wbinvd_all() and, for the PSP
+`DomctlXen` answers the `Hypervisor` protocol (sevd/xen/hypervisor.py): make_sev_domain,
+boot_image_ranges, enable_sev, asids_flushed; plus info(), check_spa() and, for the PSP
 simulated in Dom0 under sev=test only, read_spa().  It talks to Xen with
 Debian's libxencall (`libxencall.so.1`, stable ABI) in cffi ABI mode: no Xen headers are needed.
 
@@ -352,9 +352,6 @@ class DomctlXen:
     def dirty_asids(self) -> list[int]:
         return list(self.info().dirty)
 
-    def wbinvd_all_cpus(self) -> None:
-        self.wbinvd_all()
-
     def domain_exists(self, domid: int) -> bool:
         if self.exists is None:
             raise HypervisorError("DomctlXen was built without a way to tell whether a domain exists")
@@ -380,7 +377,7 @@ class DomctlXen:
             finally:
                 self._free(buf)
 
-    def wbinvd_all(self) -> None:
+    def wbinvd_all_cpus(self) -> None:
         """WBINVD on every CPU.  The PSP's DEACTIVATE clears its record that WBINVD ran, so call this
         after DEACTIVATE and before DF_FLUSH (which otherwise answers WBINVD_REQUIRED)."""
         self._sev_op(DOMID_INVALID, SEV_WBINVD, "WBINVD")

@@ -1,19 +1,18 @@
 """Toolstack actions as `xl-sev` drives them: create paused, request the SEV launch, unpause, destroy.
 
 On a real host these are the stock toolstack's `xl create -p`, `xl unpause` and `xl destroy` (no
-toolstack patch); on a simulated host `SimulatedToolstack` does the same to the simulated Xen and
-writes the standard /local/domain/<domid> nodes, INTRODUCE and RELEASE (so @introduceDomain and
-@releaseDomain fire) as xl and xenstored do.  The SEV request itself is written, and sevd's summary
-read, the same way on both, through the protocol module.
+toolstack patch): `XlToolstack`.  The SEV request itself is written, and sevd's summary read, the
+same way on every host, through the protocol module.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
+from typing import Protocol
 
 from sevd.errors import InputError, SevdError
 from sevd.xen import protocol as proto
-from sevd.xen.hypervisor import SimulatedXen
+from sevd.xen import xlcfg
 from sevd.xen.xsclient import Xenstore
 
 
@@ -64,32 +63,87 @@ def read_guest(xs: Xenstore, domid: int) -> dict[str, str]:
     return view
 
 
-class SimulatedToolstack:
-    def __init__(self, host: Path | str, xs: Xenstore):
-        from sevd.psp.simulated.device import SimulatedPsp
+class Toolstack(Protocol):
+    """What `xl-sev` asks of the host's toolstack: the stock `xl` on Xen, or a simulated host's stand-in."""
 
-        self.host = Path(host)
-        self.xs = xs
-        self.xen = SimulatedXen(self.host, psp_wbinvd=SimulatedPsp(self.host).wbinvd_all_cpus)
+    def create(self, guest: xlcfg.GuestConfig, image: bytes) -> int:
+        """The domain created paused with its boot image loaded (`xl create -p`); its domid."""
+        ...
 
-    def create(self, name: str, memory_mb: int, image: bytes, vcpus: int = 1) -> int:
-        """`xl create -p`: the domain exists, paused, with its boot image in memory."""
-        domid = self.xen.create_domain(name, memory_mb, image, vcpus)
-        home = f"/local/domain/{domid}"
-        self.xs.write_many(home, {"name": name, "domid": str(domid), "memory/target": str(memory_mb * 1024)})
-        self.xs.set_perms(home, (f"n{domid}", "r0"))
-        self.xs.introduce(domid, 0xFEFFF, 1)  # as xl does; mfn and event channel are placeholders here
+    def image_location(self, domid: int, image_size: int) -> list[tuple[int, int]]:
+        """(gpa, size) pieces holding the boot image, in the order they are measured."""
+        ...
+
+    def unpause(self, domid: int) -> None: ...
+
+    def destroy(self, domid: int) -> None: ...
+
+
+FOUR_GIB = 1 << 32
+OVMF_ALIGN = 1 << 20  # hvmloader places OVMF at 4 GiB minus its size rounded up to 1 MiB
+
+
+class XlToolstack:
+    """A real Xen host: the stock `xl` does what it always does; sevd adds SEV to the paused domain."""
+
+    def __init__(self, xl: str = "xl"):
+        self.xl = xl
+        # PVH: where libxenguest put the kernel and ramdisk, from its own log of `xl -vvv create`.
+        self.pvh_ranges: dict[int, list[tuple[int, int]]] = {}
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = subprocess.run([self.xl, *args], capture_output=True, text=True, timeout=120)
+        except FileNotFoundError:
+            raise SevdError(f"`{self.xl}` not found: xl-sev needs Xen's xl (package xen-utils) on a Xen host") from None
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise SevdError(f"xl {' '.join(args)} failed (exit {proc.returncode}): {' / '.join(detail[-3:])}")
+        return proc
+
+    def _xl(self, *args: str) -> str:
+        return self._run(*args).stdout
+
+    def create(self, guest: xlcfg.GuestConfig, image: bytes) -> int:
+        if guest.sev and guest.pvh:
+            # -vvv makes libxenguest log each segment it allocates: the only account of where it
+            # loaded the kernel and ramdisk (their place depends on the kernel's ELF headers).
+            proc = self._run("-vvv", "create", "-p", guest.path)
+            log = proc.stderr + proc.stdout
+        else:
+            self._xl("create", "-p", guest.path)
+        out = self._xl("domid", guest.name).strip()
+        if not out.isdigit():
+            raise SevdError(f"xl domid {guest.name}: unexpected answer {out[:40]!r}")
+        domid = int(out)
+        if guest.sev and guest.pvh:
+            from sevd.owner.pvh import measured_ranges, parse_domain_builder_log
+
+            try:
+                self.pvh_ranges[domid] = measured_ranges(parse_domain_builder_log(log))
+            except InputError as exc:
+                self.destroy(domid)
+                raise SevdError(f"xl create {guest.path}: cannot tell where the kernel was loaded: {exc}") from None
         return domid
 
-    def image_location(self, domid: int) -> tuple[int, int]:
-        dom = self.xen.domains()[domid]
-        return dom["image_gpa"], dom["image_size"]
+    def image_location(self, domid: int, image_size: int) -> list[tuple[int, int]]:
+        """(gpa, size) pieces holding the image, in the order they are measured."""
+        if domid in self.pvh_ranges:
+            pieces = self.pvh_ranges[domid]
+            loaded = sum(size for _, size in pieces)
+            if loaded != image_size:
+                where = ", ".join(f"{size} at {gpa:#x}" for gpa, size in pieces)
+                raise SevdError(
+                    f"domain {domid}: the toolstack loaded the kernel and ramdisk as {where} ({loaded} bytes), "
+                    f"but the owner's image of the same files is {image_size} bytes: refusing to measure"
+                )
+            return pieces
+        # hvmloader's OVMF_BEGIN: the image ends at 4 GiB, its start rounded down to 1 MiB.
+        span = -(-image_size // OVMF_ALIGN) * OVMF_ALIGN
+        return [(FOUR_GIB - span, image_size)]
 
     def unpause(self, domid: int) -> None:
-        self.xen.unpause(domid)
+        self._xl("unpause", str(domid))
 
     def destroy(self, domid: int) -> None:
-        """`xl destroy`: the domain dies (Xen WBINVDs), its nodes go, xenstored fires @releaseDomain."""
-        self.xen.destroy(domid)
-        self.xs.rm(f"/local/domain/{domid}")
-        self.xs.release(domid)
+        self._xl("destroy", str(domid))

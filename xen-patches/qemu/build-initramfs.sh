@@ -107,11 +107,18 @@ print(s.submodule_search_locations[0] if s.submodule_search_locations else s.ori
     done
     rm -rf "$root/opt/sevd/sevd"
     (cd "$repo" && find sevd -name __pycache__ -prune -o -type f -print | cpio -pdm --quiet "$root/opt/sevd")
-    for cmd in sevd:sevd_main xl-sev:xl_sev sev-owner:owner; do
+    # The simulated PSP (sevd-sim): sevd finds it as the `simulated` backend through its entry point,
+    # so the package's metadata goes with it.
+    (cd "$repo/sim" && find sevd_sim -name __pycache__ -prune -o -type f -print | cpio -pdm --quiet "$root/opt/sevd")
+    meta="$root/opt/sevd/sevd_sim-0.dist-info"
+    mkdir -p "$meta"
+    printf 'Metadata-Version: 2.1\nName: sevd-sim\nVersion: 0\n' > "$meta/METADATA"
+    printf '[sevd.backends]\nsimulated = sevd_sim.backends:backend\n' > "$meta/entry_points.txt"
+    for cmd in sevd:sevd.cli.sevd_main xl-sev:sevd.cli.xl_sev sev-owner:sevd.cli.owner sevd-sim:sevd_sim.cli; do
         name=${cmd%%:*}
         cat > "$root/usr/bin/$name" <<WRAPPER
 #!/bin/sh
-exec python3 -c "import sys; from sevd.cli.${cmd#*:} import main; sys.argv[0] = '$name'; main()" "\$@"
+exec python3 -c "import sys; from ${cmd#*:} import main; sys.argv[0] = '$name'; main()" "\$@"
 WRAPPER
         chmod 0755 "$root/usr/bin/$name"
     done

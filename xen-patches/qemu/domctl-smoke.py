@@ -40,7 +40,7 @@ def main(domid: int) -> int:
     subprocess.run(["xl", "destroy", str(domid)], check=True)
     info = xen.info()
     check("ASID dirty after destroy", info.dirty == (4,), info.dirty)
-    xen.wbinvd_all()
+    xen.wbinvd_all_cpus()
     xen.asids_flushed([4])
     info = xen.info()
     check("wbinvd_all + asids_flushed", info.dirty == (), info.dirty)

@@ -31,7 +31,7 @@ PAGE = 4096
 SPA_LIMIT = 1 << 52  # the architectural limit of physical addresses on x86-64
 READ_CHUNK = 1 << 20  # Xen's READ_SPA limit per call
 
-log = logging.getLogger("sevd.psp.simulated")
+log = logging.getLogger("sevd_sim.psp")
 
 
 class OutOfRange(Exception):

@@ -17,7 +17,7 @@ In-process::
 
 Command line (foreground, SIGTERM/SIGINT stop it)::
 
-    python -m sevd.xen.xenstored --socket /tmp/xs.sock [--store FILE] [--domain-socket 5=/tmp/xs5.sock]
+    python -m sevd_sim.xenstored --socket /tmp/xs.sock [--store FILE] [--domain-socket 5=/tmp/xs5.sock]
 
 See docs/xenstored-stand-in.md.
 """
@@ -40,12 +40,12 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from sevd.xen import wire
-from sevd.xen.wire import XsType
+from sevd_sim import wire
+from sevd_sim.wire import XsType
 
 __all__ = ["XenstoredStandIn", "XsError", "main"]
 
-log = logging.getLogger("sevd.xen.xenstored")
+log = logging.getLogger("sevd_sim.xenstored")
 
 PERM_READ = 1
 PERM_WRITE = 2
@@ -1056,7 +1056,7 @@ def _domain_socket_arg(text: str) -> tuple[int, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m sevd.xen.xenstored",
+        prog="python -m sevd_sim.xenstored",
         description="xenstored stand-in: the xenstore wire protocol on a Unix socket, without Xen.",
     )
     ap.add_argument("--socket", required=True, help="main socket; its connections speak for Dom0")

@@ -38,10 +38,10 @@ from sevd.abi.commands import (
 from sevd.abi.commands import PlatformState as P
 from sevd.durable import atomic_write, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
-from sevd.psp.simulated import tables
-from sevd.psp.simulated.firmware import MAX_HANDLES, Firmware, new_state
-from sevd.psp.simulated.identity import Identity
-from sevd.psp.simulated.memory import MachineMemory, PhysicalMemory
+from sevd_sim.psp import tables
+from sevd_sim.psp.firmware import MAX_HANDLES, Firmware, new_state
+from sevd_sim.psp.identity import Identity
+from sevd_sim.psp.memory import MachineMemory, PhysicalMemory
 
 C = FirmwareCommand
 _SECRET_TRANSPORT_MAX = 0x5000  # the guest patch lets LAUNCH_SECRET's transport buffer reach the firmware's limit
@@ -97,7 +97,7 @@ class _Errno(Exception):
 # config.json's memory kind for machine memory read through Xen (DomctlXen.read_spa); otherwise a file path.
 XEN_MACHINE_MEMORY = "xen"
 
-log = logging.getLogger("sevd.psp.simulated")
+log = logging.getLogger("sevd_sim.psp")
 _warned: set[Path] = set()  # PSP directories whose test mode this process has announced
 
 

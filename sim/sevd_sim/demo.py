@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sevd.simhost import SimulatedHost
 from sevd.xen import protocol as proto
+from sevd_sim.host import SimulatedHost
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sev-guest.cfg"
@@ -158,7 +158,7 @@ class Demo:
             sock.unlink()
         xenstored = self.start(
             "xenstored stand-in",
-            [sys.executable, "-m", "sevd.xen.xenstored", "--socket", str(sock), "--store", str(store), "--init-dom0"],
+            [sys.executable, "-m", "sevd_sim.xenstored", "--socket", str(sock), "--store", str(store), "--init-dom0"],
             xs_log,
         )
         self.wait_until("xenstored stand-in", lambda: Xenstore(str(sock)).close() is None, xenstored, xs_log)

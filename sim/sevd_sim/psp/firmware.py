@@ -36,10 +36,10 @@ from sevd.abi.launch import (
 )
 from sevd.abi.policy import RESERVED_MASK, PolicyFlag
 from sevd.errors import InputError, VerificationError
-from sevd.psp.simulated import tables
-from sevd.psp.simulated.digest import LaunchDigest
-from sevd.psp.simulated.identity import API_MAJOR, API_MINOR, Identity
-from sevd.psp.simulated.memory import BLOCK, MachineMemory, MemoryFault, OutOfRange, PhysicalMemory, crypt
+from sevd_sim.psp import tables
+from sevd_sim.psp.digest import LaunchDigest
+from sevd_sim.psp.identity import API_MAJOR, API_MINOR, Identity
+from sevd_sim.psp.memory import BLOCK, MachineMemory, MemoryFault, OutOfRange, PhysicalMemory, crypt
 
 MAX_HANDLES = 1024
 SECRET_FLAG_COMPRESSED = 0x1

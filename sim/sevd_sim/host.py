@@ -13,9 +13,9 @@ from pathlib import Path
 
 from sevd.abi.certs import AmdCert
 from sevd.psp.device import PspClient
-from sevd.psp.simulated.device import DEFAULT_MAX_ASID, DEFAULT_MIN_SEV_ASID, SimulatedPsp, create_psp
-from sevd.psp.simulated.memory import PAGE, PhysicalMemory
-from sevd.xen.hypervisor import SimulatedXen
+from sevd_sim.psp.device import DEFAULT_MAX_ASID, DEFAULT_MIN_SEV_ASID, SimulatedPsp, create_psp
+from sevd_sim.psp.memory import PAGE, PhysicalMemory
+from sevd_sim.xen import SimulatedXen
 
 DEFAULT_MEMORY = 1 << 30  # 1 GiB of sparse simulated memory
 

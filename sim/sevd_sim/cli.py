@@ -1,0 +1,129 @@
+"""`sevd-sim`: a simulated host for CI and the demo (simulated PSP, simulated Xen, xenstored stand-in).
+
+Nothing here belongs on a real host: it stands in for the EPYC, Xen and xenstored that sevd drives.
+"""
+
+from __future__ import annotations
+
+import click
+
+from sevd import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sevd-sim")
+def cli() -> None:
+    """sevd-sim: simulated SEV hosts for sevd, xl-sev and sev-owner (tests and the demo)."""
+
+
+@cli.command()
+@click.option("--host", "host_dir", type=click.Path(file_okay=False), default=None, help="Simulated host directory.")
+def demo(host_dir: str | None) -> None:
+    """Run the demo SEV launch on a simulated host (simulated PSP, simulated Xen)."""
+    from sevd_sim.demo import run_demo
+
+    raise SystemExit(run_demo(host_dir))
+
+
+@cli.command("host")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--max-asid", default=64, show_default=True, help="Simulated CPUID 0x8000001F: number of ASIDs.")
+@click.option("--min-sev-asid", default=5, show_default=True, help="First plain-SEV ASID (below: SEV-ES).")
+@click.option("--create-only", is_flag=True, help="Create the host and exit; do not run the xenstored stand-in.")
+def host(directory: str, max_asid: int, min_sev_asid: int, create_only: bool) -> None:
+    """Create a simulated host in DIRECTORY if missing, then run its xenstored stand-in in the foreground."""
+    from pathlib import Path
+
+    from sevd_sim import xenstored
+    from sevd_sim.host import SimulatedHost
+
+    host = SimulatedHost.create(Path(directory), max_asid=max_asid, min_sev_asid=min_sev_asid)
+    click.echo(f"simulated host ready: {host.root} (config {host.root / 'sevd.toml'})")
+    if create_only:
+        return
+    sock, store = host.root / "xenstored.sock", host.root / "xenstored.json"
+    raise SystemExit(xenstored.main(["--socket", str(sock), "--store", str(store), "--init-dom0"]))
+
+
+def _check_asids(max_asid: int, min_sev_asid: int) -> None:
+    if not 1 <= min_sev_asid <= max_asid:
+        click.echo(f"error: ASIDs need 1 <= --min-sev-asid ({min_sev_asid}) <= --max-asid ({max_asid})", err=True)
+        raise SystemExit(2)
+
+
+@cli.command("psp")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--xen-machine-memory",
+    is_flag=True,
+    help="Measure-only TEST MODE in Dom0 of the patched Xen booted with sev=test: guest memory is read "
+    "through Xen and NOT encrypted.",
+)
+@click.option("--max-asid", type=int, default=None, help="Number of ASIDs (default 64, or what Xen reports).")
+@click.option("--min-sev-asid", type=int, default=None, help="First plain-SEV ASID (default 5, or what Xen reports).")
+def psp(directory: str, xen_machine_memory: bool, max_asid: int | None, min_sev_asid: int | None) -> None:
+    """Create only a simulated PSP in DIRECTORY (no simulated Xen, no xenstored stand-in)."""
+    from pathlib import Path
+
+    from sevd.xen.hypervisor import HypervisorError
+    from sevd_sim.host import DEFAULT_MEMORY
+    from sevd_sim.psp.device import DEFAULT_MAX_ASID, DEFAULT_MIN_SEV_ASID, XEN_MACHINE_MEMORY, create_psp
+    from sevd_sim.psp.memory import PhysicalMemory
+
+    root = Path(directory)
+    if (root / "psp" / "state.json").exists():
+        click.echo(
+            f"error: {root / 'psp'} already holds a simulated PSP; remove it or choose another directory", err=True
+        )
+        raise SystemExit(2)
+    if xen_machine_memory:
+        from sevd.xen.domctl import DomctlXen
+
+        try:
+            xen = DomctlXen()
+            try:
+                info = xen.info()
+            finally:
+                xen.close()
+        except HypervisorError as exc:
+            click.echo(
+                f"error: --xen-machine-memory needs Dom0 of the patched Xen booted with sev=test: {exc}", err=True
+            )
+            raise SystemExit(1) from None
+        if not info.test_mode:
+            click.echo(
+                "error: --xen-machine-memory needs Xen booted with sev=test (this Xen does not read guest memory "
+                "for a simulated PSP)",
+                err=True,
+            )
+            raise SystemExit(1)
+        max_asid = info.max_asid if max_asid is None else max_asid
+        min_sev_asid = info.min_sev_asid if min_sev_asid is None else min_sev_asid
+        _check_asids(max_asid, min_sev_asid)
+        root.mkdir(parents=True, exist_ok=True)
+        create_psp(
+            root, max_asid=max_asid, min_sev_asid=min_sev_asid, memory=XEN_MACHINE_MEMORY, es=info.es, encrypt=False
+        )
+        memory = "Xen machine memory (measure-only TEST MODE: guest memory is NOT encrypted)"
+    else:
+        max_asid = DEFAULT_MAX_ASID if max_asid is None else max_asid
+        min_sev_asid = DEFAULT_MIN_SEV_ASID if min_sev_asid is None else min_sev_asid
+        _check_asids(max_asid, min_sev_asid)
+        root.mkdir(parents=True, exist_ok=True)
+        image = root / "memory.img"
+        if not image.exists():
+            PhysicalMemory.create(image, DEFAULT_MEMORY).close()
+        create_psp(root, max_asid=max_asid, min_sev_asid=min_sev_asid, es=True)
+        memory = f"{image} (simulated, encrypted)"
+    click.echo(f"simulated PSP ready: {root / 'psp'}")
+    click.echo(f"  memory: {memory}")
+    click.echo(f"  ASIDs: 1..{max_asid} (SEV-ES 1..{min_sev_asid - 1}, SEV {min_sev_asid}..{max_asid})")
+    click.echo(f'  sevd.toml: [psp] backend = "simulated", path = "{root.resolve()}"')
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

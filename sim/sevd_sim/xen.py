@@ -1,0 +1,261 @@
+"""The simulated Xen: domains, their frames and SEV ASIDs in a simulated host, answering sevd's Hypervisor protocol.
+
+It places domains in the simulated physical memory and hands out ASIDs from the SEV ranges of the
+simulated CPU's CPUID 0x8000001F, the way the patched Xen does (xen-patches/xen).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sevd.abi.units import PAGE_SIZE as PAGE
+from sevd.abi.vmsa import reset_vmsas
+from sevd.durable import exclusive, read_json, write_json
+from sevd.xen.hypervisor import HypervisorError, SevDomain
+from sevd_sim.psp.memory import PhysicalMemory
+
+
+def coalesce(frames: list[int]) -> list[tuple[int, int]]:
+    """Machine frames (in guest order) → (spa, length) runs of physically contiguous frames."""
+    runs: list[tuple[int, int]] = []
+    for mfn in frames:
+        spa = mfn * PAGE
+        if runs and runs[-1][0] + runs[-1][1] == spa:
+            runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
+        else:
+            runs.append((spa, PAGE))
+    return runs
+
+
+class SimulatedXen:
+    """Domains in a simulated host: their frames, pause state and SEV ASID, kept in xen/domains.json."""
+
+    # CPUID 0x8000001F EBX[5:0]: the C-bit position EPYC reports.
+    CBIT = 47
+    # Frames are handed out in chunks of this many pages, interleaved between domains and
+    # skipping a frame now and then, so a boot image is never one contiguous range.
+    CHUNK_PAGES = 64
+
+    def __init__(self, host: Path | str, psp_wbinvd: Any = None):
+        self.host = Path(host)
+        self.dir = self.host / "xen"
+        self.psp_wbinvd = psp_wbinvd  # callable: the WBINVD-on-all-CPUs signal to the PSP
+
+    @classmethod
+    def create(cls, host: Path, memory_pages: int, max_asid: int, min_sev_asid: int) -> SimulatedXen:
+        xen = cls(host)
+        xen.dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            xen.dir / "domains.json",
+            {
+                "next_domid": 1,
+                "next_free_page": 256,  # the first 1 MiB stays Xen's own
+                "memory_pages": memory_pages,
+                "max_asid": max_asid,
+                "min_sev_asid": min_sev_asid,
+                "dirty_asids": [],
+                "domains": {},
+            },
+        )
+        return xen
+
+    def _locked(self):
+        return exclusive(self.dir / "lock")
+
+    def _load(self) -> dict[str, Any]:
+        return read_json(self.dir / "domains.json")
+
+    def _save(self, state: dict[str, Any]) -> None:
+        write_json(self.dir / "domains.json", state)
+
+    def _domain(self, state: dict[str, Any], domid: int) -> dict[str, Any]:
+        dom = state["domains"].get(str(domid))
+        if dom is None:
+            raise HypervisorError(f"domain {domid} does not exist")
+        return dom
+
+    # -- toolstack side (xl create -p / unpause / destroy) ------------------------------------------------
+
+    def create_domain(self, name: str, memory_mb: int, image: bytes, vcpus: int = 1) -> int:
+        """`xl create -p`: a paused domain with `image` loaded at the top of its first 4 GiB, like OVMF."""
+        pages = memory_mb * 1024 * 1024 // PAGE
+        with self._locked():
+            state = self._load()
+            if any(d["name"] == name for d in state["domains"].values()):
+                raise HypervisorError(f"a domain named {name!r} already exists")
+            runs: list[list[int]] = []  # [first mfn, count] in guest-frame order: small JSON at any size
+            allocated, cursor = 0, state["next_free_page"]
+            while allocated < pages:
+                take = min(self.CHUNK_PAGES, pages - allocated)
+                runs.append([cursor, take])
+                allocated += take
+                cursor += take + 1  # leave a hole: physically discontiguous on purpose
+            if cursor > state["memory_pages"]:
+                raise HypervisorError(f"out of simulated memory for {memory_mb} MiB (raise the host's memory size)")
+            state["next_free_page"] = cursor
+            domid = state["next_domid"]
+            state["next_domid"] += 1
+            image_pages = -(-len(image) // PAGE)
+            state["domains"][str(domid)] = {
+                "name": name,
+                "memory_mb": memory_mb,
+                "vcpus": vcpus,
+                "frame_runs": runs,
+                "pages": pages,
+                "image_gpa": (pages - image_pages) * PAGE,
+                "image_size": len(image),
+                "paused": True,
+                "sev": False,
+                "asid": 0,
+                "sev_enabled": False,
+                "has_run": False,
+            }
+            self._save(state)
+        if image:
+            memory = PhysicalMemory(self.host / "memory.img")
+            try:
+                padded = image + bytes(image_pages * PAGE - len(image))
+                for (spa, length), offset in _runs_with_offsets(
+                    self.guest_ranges(domid, (pages - image_pages) * PAGE, len(padded))
+                ):
+                    memory.write(spa, padded[offset : offset + length])
+            finally:
+                memory.close()
+        return domid
+
+    def unpause(self, domid: int) -> None:
+        with self._locked():
+            state = self._load()
+            dom = self._domain(state, domid)
+            if dom["sev"] and not dom["sev_enabled"]:
+                raise HypervisorError(f"domain {domid} is SEV but its VMCBs have no SEV yet; launch it first")
+            dom.update(paused=False, has_run=True)
+            self._save(state)
+
+    def destroy(self, domid: int) -> None:
+        """`xl destroy`: the domain's frames are scrubbed and its ASID is dirty until WBINVD + DF_FLUSH."""
+        with self._locked():
+            state = self._load()
+            dom = self._domain(state, domid)
+            del state["domains"][str(domid)]
+            if dom["asid"]:
+                state["dirty_asids"].append(dom["asid"])
+            self._save(state)
+        if dom["sev"] and self.psp_wbinvd is not None:
+            self.psp_wbinvd()  # Xen runs WBINVD on every CPU when an SEV domain dies
+
+    def domains(self) -> dict[int, dict[str, Any]]:
+        return {int(k): v for k, v in self._load()["domains"].items()}
+
+    def domid_by_name(self, name: str) -> int | None:
+        return next((d for d, v in self.domains().items() if v["name"] == name), None)
+
+    # -- the SEV domctl ------------------------------------------------------------------------------------
+
+    def make_sev_domain(self, domid: int, es: bool) -> SevDomain:
+        with self._locked():
+            state = self._load()
+            dom = self._domain(state, domid)
+            if dom["has_run"]:
+                raise HypervisorError(f"domain {domid} has already run; SEV must be set before its first VMRUN")
+            if dom["sev"]:
+                return SevDomain(domid, dom["asid"], self.CBIT)
+            lo, hi = (1, state["min_sev_asid"] - 1) if es else (state["min_sev_asid"], state["max_asid"])
+            taken = {d["asid"] for d in state["domains"].values()} | set(state["dirty_asids"])
+            asid = next((a for a in range(lo, hi + 1) if a not in taken), None)
+            if asid is None:
+                dirty = sorted(a for a in state["dirty_asids"] if lo <= a <= hi)
+                hint = f"; ASIDs {dirty} await DF_FLUSH" if dirty else ""
+                raise HypervisorError(f"no free {'SEV-ES' if es else 'SEV'} ASID in {lo}..{hi}{hint}")
+            dom.update(sev=True, es=es, asid=asid)
+            vmsas = reset_vmsas(dom.get("vcpus", 1)) if es else []
+            if vmsas:
+                # Xen keeps each vCPU's VMSA in a page of its own heap, not in guest memory.
+                first = state["next_free_page"]
+                state["next_free_page"] = first + len(vmsas)
+                dom["vmsa_frames"] = list(range(first, first + len(vmsas)))
+            self._save(state)
+        if vmsas:
+            memory = PhysicalMemory(self.host / "memory.img")
+            try:
+                for mfn, page in zip(dom["vmsa_frames"], vmsas, strict=True):
+                    memory.write(mfn * PAGE, page)
+            finally:
+                memory.close()
+        return SevDomain(domid, asid, self.CBIT)
+
+    def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
+        dom = self._domain(self._load(), domid)
+        size = -(-dom["image_size"] // PAGE) * PAGE  # whole pages, as the image was loaded
+        return self.guest_ranges(domid, dom["image_gpa"], size) if size else []
+
+    def machine_frame(self, domid: int, gfn: int) -> int:
+        """The machine frame backing guest frame `gfn` (what a P2M lookup answers)."""
+        return next(iter(_mfn_runs(self._domain(self._load(), domid)["frame_runs"], gfn, 1)))[0]
+
+    def guest_ranges(self, domid: int, gpa: int, length: int) -> list[tuple[int, int]]:
+        dom = self._domain(self._load(), domid)
+        if gpa < 0 or length <= 0 or gpa + length > dom["pages"] * PAGE:
+            raise HypervisorError(f"domain {domid}: [{gpa:#x}, +{length:#x}) is outside its memory")
+        first, last = gpa // PAGE, (gpa + length - 1) // PAGE
+        runs: list[tuple[int, int]] = []
+        for mfn, count in _mfn_runs(dom["frame_runs"], first, last - first + 1):
+            spa = mfn * PAGE
+            if runs and runs[-1][0] + runs[-1][1] == spa:
+                runs[-1] = (runs[-1][0], runs[-1][1] + count * PAGE)
+            else:
+                runs.append((spa, count * PAGE))
+        # Trim the first and last page to the bytes asked for.
+        head = gpa % PAGE
+        runs[0] = (runs[0][0] + head, runs[0][1] - head)
+        tail = (last + 1) * PAGE - (gpa + length)
+        runs[-1] = (runs[-1][0], runs[-1][1] - tail)
+        return runs
+
+    def vmsa_pages(self, domid: int) -> list[int]:
+        return [mfn * PAGE for mfn in self._domain(self._load(), domid).get("vmsa_frames", [])]
+
+    def enable_sev(self, domid: int) -> None:
+        with self._locked():
+            state = self._load()
+            dom = self._domain(state, domid)
+            if not dom["sev"]:
+                raise HypervisorError(f"domain {domid} is not an SEV domain")
+            dom["sev_enabled"] = True
+            self._save(state)
+
+    def dirty_asids(self) -> list[int]:
+        return list(self._load()["dirty_asids"])
+
+    def wbinvd_all_cpus(self) -> None:
+        if self.psp_wbinvd is not None:
+            self.psp_wbinvd()
+
+    def domain_exists(self, domid: int) -> bool:
+        return str(domid) in self._load()["domains"]
+
+    def asids_flushed(self, asids: list[int]) -> None:
+        with self._locked():
+            state = self._load()
+            state["dirty_asids"] = [a for a in state["dirty_asids"] if a not in set(asids)]
+            self._save(state)
+
+
+def _mfn_runs(frame_runs: list[list[int]], first_gfn: int, count: int):
+    """(mfn, n) pieces covering guest frames [first_gfn, first_gfn + count), in guest order."""
+    gfn = 0
+    for mfn, n in frame_runs:
+        lo, hi = max(gfn, first_gfn), min(gfn + n, first_gfn + count)
+        if lo < hi:
+            yield mfn + (lo - gfn), hi - lo
+        gfn += n
+        if gfn >= first_gfn + count:
+            return
+
+
+def _runs_with_offsets(runs: list[tuple[int, int]]):
+    offset = 0
+    for spa, length in runs:
+        yield (spa, length), offset
+        offset += length
