@@ -245,3 +245,70 @@ def test_ovmf_secret_table_layout():
 def test_ovmf_secret_table_parses_back():
     entries = [(GUID_A, b"one"), (GUID_B, b"two two")]
     assert owner_secret.parse_ovmf_secret_table(owner_secret.ovmf_secret_table(entries)) == entries
+
+
+# -- independent known answers: ECDH byte order and the secret header's MAC --------------------------------------
+
+# FIPS 186-4 D.1.2.4: the base point G of P-384.
+P384_GX = bytes.fromhex(
+    "aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7"
+)
+P384_GY = bytes.fromhex(
+    "3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f"
+)
+
+
+def _sev_cert_bytes_with_point(qx: bytes, qy: bytes) -> bytes:
+    """An SEV certificate laid out by hand as AMD's SEV API appendix C does: version 1, API, usage PDH
+    (0x1003), algorithm ECDH-SHA256 (0x3), then the key field: curve id 2 (P-384), QX and QY each
+    little-endian in 72 bytes, and no signatures."""
+    head = struct.pack("<IBBxxII", 1, 0, 24, 0x1003, 0x3)
+    key = struct.pack("<I", 2) + qx[::-1].ljust(72, b"\0") + qy[::-1].ljust(72, b"\0")
+    signatures = (struct.pack("<II", 0x1000, 0) + bytes(0x200)) * 2  # two unused slots: usage 0x1000, algorithm 0
+    return (head + key.ljust(0x404, b"\0") + signatures).ljust(0x824, b"\0")
+
+
+def test_sev_certificate_coordinates_are_little_endian():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sevd.abi.certs import SevCert
+
+    point = SevCert.parse(_sev_cert_bytes_with_point(P384_GX, P384_GY)).public_key().public_numbers()
+    assert (point.x, point.y) == (int.from_bytes(P384_GX, "big"), int.from_bytes(P384_GY, "big"))
+    generator = ec.derive_private_key(1, ec.SECP384R1()).public_key()
+    encoded = SevCert.for_ec_key(generator, 0x1003, 0x3).to_bytes()
+    assert encoded[0x14 : 0x14 + 48] == P384_GX[::-1]
+    assert encoded[0x5C : 0x5C + 48] == P384_GY[::-1]
+
+
+def test_ecdh_secret_is_the_big_endian_x_coordinate_and_feeds_the_kdf_as_is():
+    """With the owner's private key 1 the shared point is the PDH's own: Z = x(G), big-endian (the
+    order OpenSSL returns and AMD's firmware uses).  KEK and KIK follow from Z by SP 800-108 over
+    HMAC-SHA256, computed here with the standard library alone."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sevd.abi.certs import SevCert
+
+    pdh = SevCert.parse(_sev_cert_bytes_with_point(P384_GX, P384_GY)).public_key()
+    z = launch.shared_secret(ec.derive_private_key(1, ec.SECP384R1()), pdh)
+    assert z == P384_GX
+
+    def sp800_108(key: bytes, label: bytes, context: bytes) -> bytes:
+        return hmac.new(key, struct.pack("<I", 1) + label + b"\0" + context + struct.pack("<I", 128), "sha256").digest()
+
+    nonce = bytes(range(16))
+    master = sp800_108(P384_GX, b"sev-master-secret", nonce)[:16]
+    keys = launch.derive_kek_kik(z, nonce)
+    assert keys.kek == sp800_108(master, b"sev-kek", b"")[:16]
+    assert keys.kik == sp800_108(master, b"sev-kik", b"")[:16]
+
+
+def test_secret_header_mac_known_answer():
+    """TEK = 00..0f, TIK = 10..1f, flags 0, IV = 20..2f, a secret of 16 bytes 0x41, a measurement of 32
+    bytes 0xaa.  The ciphertext is AES-128-CTR and the MAC HMAC-SHA256(TIK, 0x01 || flags(LE32) || IV ||
+    guest_len(LE32) || trans_len(LE32) || ciphertext || measurement): both values below were computed
+    once from those byte strings with Python's hmac module and a plain AES-CTR, not by sevd."""
+    keys = TransportKeys(bytes(range(16)), bytes(range(16, 32)))
+    header, ciphertext = launch.seal_secret(keys, b"A" * 16, b"\xaa" * 32, flags=0, iv=bytes(range(32, 48)))
+    assert ciphertext.hex() == "1aa93f6f1a053dd50a6088ee36178199"
+    assert header.mac.hex() == "bca7e082e2608245e1bdf80a79b3ddec5cf147a6f75763f1d893fbed2fa4d640"
