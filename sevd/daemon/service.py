@@ -753,6 +753,7 @@ class Daemon:
             p = _Pass(rec.domid, rec)
             for action in decide(rec, None, None, True, seen):
                 self._perform(p, action)
+        self._sweep_orphans()
 
     def _sweep_orphans(self) -> None:
         """Decommission PSP contexts no journal knows (e.g. a LAUNCH_START whose handle was never saved)."""
