@@ -16,7 +16,7 @@ from sevd.abi.commands import (
     PACKET_HEADER_SIZE,
     SESSION_SIZE,
     FirmwareCommand,
-    GuestState,
+    FirmwareGuestState,
 )
 from sevd.abi.policy import Policy
 from sevd.errors import InputError
@@ -32,7 +32,7 @@ class GuestStatus:
     handle: int
     policy: int
     asid: int
-    state: GuestState
+    state: FirmwareGuestState
 
 
 class GuestCommands:
@@ -118,7 +118,7 @@ class GuestCommands:
         req = ffi.new("struct sev_data_guest_status *")
         req.handle = handle
         self.client.guest_command(FirmwareCommand.GUEST_STATUS, req)
-        return GuestStatus(handle=handle, policy=req.policy, asid=req.asid, state=GuestState(req.state))
+        return GuestStatus(handle=handle, policy=req.policy, asid=req.asid, state=FirmwareGuestState(req.state))
 
     def df_flush(self) -> None:
         self.client.guest_command(FirmwareCommand.DF_FLUSH)

@@ -20,10 +20,19 @@ from sevd.platform import Platform
 from sevd.xen import protocol as proto
 from sevd.xen.toolstack import send_command, send_secret
 
-LAUNCH_STEPS = ["SEV_DOMAIN", "LAUNCH_START", "ACTIVATE", "SEV_ENABLED", "UPDATE_DATA", "MEASURE", "SECRET", "FINISH"]
+LAUNCH_STEPS = [
+    "MAKE_SEV",
+    "LAUNCH_START",
+    "ACTIVATE",
+    "SEV_ENABLE",
+    "LAUNCH_UPDATE_DATA",
+    "LAUNCH_MEASURE",
+    "LAUNCH_UPDATE_SECRET",
+    "LAUNCH_FINISH",
+]
 TEARDOWN_STEPS = ["DEACTIVATE", "DECOMMISSION", "DF_FLUSH"]
 # Steps after which recovery cannot know what the firmware did to guest memory: the launch must fail cleanly.
-MUST_FAIL = {("before", "UPDATE_DATA"), ("after", "UPDATE_DATA"), ("after", "MEASURE")}
+MUST_FAIL = {("before", "LAUNCH_UPDATE_DATA"), ("after", "LAUNCH_UPDATE_DATA"), ("after", "LAUNCH_MEASURE")}
 IMAGE = bytes(range(256)) * (300 * 4096 // 256)  # 300 pages: several physically discontiguous ranges
 
 
@@ -69,7 +78,7 @@ def drive_to_running(h, domid, session):
     if summary is None:
         return None
     if summary.state == proto.GuestState.MEASURED:
-        if summary.step != "SECRET":
+        if summary.step != "LAUNCH_UPDATE_SECRET":
             measured = LaunchMeasurement.from_base64(summary.measurement)
             packaged = package_secret(session.keys, b"s" * 32, measured)
             gpa, _ = h.toolstack.image_location(domid)
@@ -80,7 +89,7 @@ def drive_to_running(h, domid, session):
             if h.daemon.poll() is not None:
                 return None  # killed on the way: the caller restarts
             answered = h.summary(domid)
-            assert answered is not None and answered.step == "SECRET", (answered, h.logs()[-4000:])
+            assert answered is not None and answered.step == "LAUNCH_UPDATE_SECRET", (answered, h.logs()[-4000:])
         send_command(h.xs, domid, proto.Command.FINISH)
         return state_or_death(h, domid, "running", "error")
     return summary.state.value
@@ -177,7 +186,7 @@ def test_crash_during_update_vmsa_fails_cleanly(tmp_path, when):
     """SEV-ES: a VMSA possibly encrypted already cannot be measured again: INTERRUPTED, context gone."""
     h = Harness(tmp_path / "host")
     try:
-        h.start_daemon({"SEVD_FAULT": f"{when}:UPDATE_VMSA"})
+        h.start_daemon({"SEVD_FAULT": f"{when}:LAUNCH_UPDATE_VMSA"})
         domid = h.toolstack.create("es-crash", 4, IMAGE)
         h.request(domid, Policy.parse("ES"))
         wait_for(lambda: h.daemon.poll() is not None, 30, "the injected crash")

@@ -76,7 +76,7 @@ def test_attested_launch_with_owner_session_and_secret(harness, tmp_path):
     packaged = package_secret(session.keys, secret, measured)
     gpa, _ = harness.toolstack.image_location(domid)
     send_secret(harness.xs, domid, proto.SecretPacket(packaged.header.to_bytes(), packaged.ciphertext, gpa))
-    wait_for(lambda: harness.field(domid, "step") == "SECRET", 30, "secret injected")
+    wait_for(lambda: harness.field(domid, "step") == "LAUNCH_UPDATE_SECRET", 30, "secret injected")
     assert harness.xs.read(proto.guest_path(domid, "secret", "data")) is None, "secret nodes must be removed after use"
     send_command(harness.xs, domid, proto.Command.FINISH)
     assert harness.wait_state(domid, "running", "error") == "running"

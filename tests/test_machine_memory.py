@@ -217,7 +217,7 @@ def test_xen_is_opened_only_when_guest_memory_is_read(xen_psp, monkeypatch, capl
 
     monkeypatch.setattr(domctl, "DomctlXen", no_xen)
     monkeypatch.setattr(device, "_warned", set())  # as in a new process (creating the PSP announced it already)
-    with caplog.at_level(logging.WARNING, logger="sevd_sim.psp"):
+    with caplog.at_level(logging.WARNING, logger="sevd.sim.psp"):
         psp, platform, g = open_guest(xen_psp)
         psp2 = SimulatedPsp(xen_psp)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -35,7 +35,7 @@ def launched(tmp_path_factory):
     measured = LaunchMeasurement.from_base64(h.field(domid, "measurement"))
     packaged = package_secret(session.keys, SECRET, measured)
     send_secret(h.xs, domid, proto.SecretPacket(packaged.header.to_bytes(), packaged.ciphertext, gpa))
-    wait_for(lambda: h.field(domid, "step") == "SECRET", 30, "secret injected")
+    wait_for(lambda: h.field(domid, "step") == "LAUNCH_UPDATE_SECRET", 30, "secret injected")
     send_command(h.xs, domid, proto.Command.FINISH)
     h.wait_state(domid, "running")
     yield h, domid, session, packaged

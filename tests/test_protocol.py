@@ -65,7 +65,7 @@ def test_summary_formats_and_parses_back_with_the_error_last():
     summary = proto.GuestSummary(
         state=proto.GuestState.MEASURED,
         ack=2,
-        step="SECRET",
+        step="LAUNCH_UPDATE_SECRET",
         handle=1,
         asid=5,
         api="0.24",
@@ -75,7 +75,9 @@ def test_summary_formats_and_parses_back_with_the_error_last():
         error="BAD_MEASUREMENT: the packet's MAC does not match  (twice spaced: kept as written)",
     )
     text = summary.format()
-    assert text.startswith("v=1 ack=2 state=measured step=SECRET handle=1 asid=5 api=0.24 build=15 policy=0x00000001 ")
+    assert text.startswith(
+        "v=1 ack=2 state=measured step=LAUNCH_UPDATE_SECRET handle=1 asid=5 api=0.24 build=15 policy=0x00000001 "
+    )
     assert text.endswith(" error=BAD_MEASUREMENT: the packet's MAC does not match  (twice spaced: kept as written)")
     assert proto.GuestSummary.parse(text) == summary
     assert summary.to_fields()["error"].split(":")[0] == "BAD_MEASUREMENT"
@@ -97,12 +99,30 @@ def test_summary_readers_skip_keys_they_do_not_know():
 
 
 @pytest.mark.parametrize(
+    "old,new",
+    [
+        ("SEV_DOMAIN", "MAKE_SEV"),
+        ("SEV_ENABLED", "SEV_ENABLE"),
+        ("UPDATE_DATA", "LAUNCH_UPDATE_DATA"),
+        ("UPDATE_VMSA", "LAUNCH_UPDATE_VMSA"),
+        ("MEASURE", "LAUNCH_MEASURE"),
+        ("SECRET", "LAUNCH_UPDATE_SECRET"),
+        ("FINISH", "LAUNCH_FINISH"),
+    ],
+)
+def test_a_summary_of_the_previous_version_reads_with_the_new_step_names(old, new):
+    """A summary an older sevd left (read by the new one after an upgrade) keeps its ack, with the new name."""
+    summary = proto.GuestSummary.parse(f"v=1 ack=3 state=destroyed step={old}")
+    assert (summary.ack, summary.step) == (3, new)
+
+
+@pytest.mark.parametrize(
     "text,message",
     [
         ("state=running", "summary: must start with the version v=1"),
         ("v=2 state=running", "summary: version '2' is not understood (this sevd speaks v=1)"),
         ("v=1 state=sleeping", "summary state: 'sleeping' is not one of queued, launching"),
-        ("v=1 state=running step=BOOT", "summary step: 'BOOT' is not one of SEV_DOMAIN"),
+        ("v=1 state=running step=BOOT", "summary step: 'BOOT' is not one of MAKE_SEV"),
         ("v=1 state=running asid=five", "summary asid: 'five' is not a decimal"),
         ("v=1 state=running api=0_24", "summary api: '0_24' is not MAJOR.MINOR"),
         ("v=1 state=running measurement=AAAA", "summary measurement: must decode to 48 bytes"),

@@ -25,7 +25,7 @@ from sevd.abi.commands import (
     UserCommand,
 )
 from sevd.abi.commands import FirmwareCommand as C
-from sevd.abi.commands import GuestState as G
+from sevd.abi.commands import FirmwareGuestState as G
 from sevd.abi.commands import PlatformState as P
 from sevd.abi.launch import LaunchMeasurement, TransportKeys
 from sevd.abi.policy import Policy, PolicyFlag

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from sevd.abi import status
-from sevd.abi.commands import GuestState as G
+from sevd.abi.commands import FirmwareGuestState as G
 from sevd.abi.commands import PlatformState as P
 from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy

@@ -103,8 +103,11 @@ class PlatformState(enum.IntEnum):
     WORKING = 2
 
 
-class GuestState(enum.IntEnum):
-    """Guest context states as GUEST_STATUS reports them (0 = no such guest)."""
+class FirmwareGuestState(enum.IntEnum):
+    """The firmware's guest context states, as GUEST_STATUS reports them (0 = no such guest).
+
+    Not the daemon's view of a launch (`sevd.launch.GuestState`).
+    """
 
     INVALID = 0
     LUPDATE = 1

@@ -7,7 +7,9 @@ intact.  That costs one data sync per record — no rename and no directory sync
 two records per PSP command.
 
 `pending` names the step in flight: after a crash it says exactly which command may or may not
-have reached the firmware, and recovery asks GUEST_STATUS which it was.  No secret is ever written
+have reached the firmware, and recovery asks GUEST_STATUS which it was (RECOVERY in
+sevd/launch/tables.py).  States and steps are written by name (`sevd.launch.GuestState`, `Step`); a
+record holding the step names of an older sevd is read as the new names.  No secret is ever written
 here (the launch session blob is wrapped for the firmware; TEK/TIK never reach the host).
 """
 
@@ -21,30 +23,13 @@ import threading
 import zlib
 from pathlib import Path
 
+from sevd.launch import GuestRecord  # the record is the launch core's value; this module makes it durable
+
+__all__ = ["SLOT", "GuestRecord", "JournalCorrupt", "RecordStore"]
+
 SLOT = 4096
 _HEADER = struct.Struct("<8sQII")  # magic, sequence, length, crc32 of the JSON
 _MAGIC = b"sevdjrn1"
-
-
-@dataclasses.dataclass
-class GuestRecord:
-    domid: int
-    generation: int
-    policy: int
-    es: bool
-    attest: bool
-    image_gpa: int
-    image_size: int
-    state: str = "queued"
-    image_more: list[list[int]] = dataclasses.field(default_factory=list)  # further [gpa, size] pieces
-    step: str = "NEW"  # last step completed
-    pending: str | None = None  # step in flight
-    handle: int = 0
-    asid: int = 0
-    ranges_done: int = 0
-    vmsas_done: int = 0
-    measurement: str | None = None
-    error: str | None = None
 
 
 class JournalCorrupt(Exception):

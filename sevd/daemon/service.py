@@ -1,14 +1,15 @@
 """sevd's service: xenstore requests in, PSP and Xen commands out, every step journaled.
 
-The main loop only waits for watch events and hands each affected domain to `reconcile`, which
-compares what the toolstack asked (xenstore), what sevd did (the journal in records.py) and what is
-true (GUEST_STATUS, Xen), and takes the next step.  Reconcile is idempotent, so duplicate events,
-restarts and reconnects all reduce to "reconcile every domain again".
+This is the shell around the launch core (sevd/launch): the main loop only waits for watch events
+and hands each affected domain to `reconcile`, which reads what the toolstack asked (xenstore), what
+sevd did (the journal in records.py) and whether the domain lives, asks `decide` what to do, and
+performs the actions it returns.  Deciding is idempotent, so duplicate events, restarts and
+reconnects all reduce to "reconcile every domain again"; after a restart, `recover` feeds each
+journaled step in flight through the same `decide` with what GUEST_STATUS shows.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import errno
 import faulthandler
@@ -24,7 +25,7 @@ from typing import Any
 
 import pyxs
 
-from sevd.abi.commands import GuestState as FwGuestState
+from sevd.abi.commands import FirmwareGuestState
 from sevd.abi.policy import Policy
 from sevd.abi.status import FirmwareError
 from sevd.backends import open_hypervisor, open_psp
@@ -34,13 +35,47 @@ from sevd.daemon.pspqueue import PspQueue
 from sevd.daemon.records import GuestRecord, RecordStore
 from sevd.errors import DeviceError, InputError, SevdError
 from sevd.guest import GuestCommands
+from sevd.launch import (
+    DECIDE_AGAIN,
+    NO_HANDLE,
+    PUBLISHED_STEPS,
+    XEN_STEPS,
+    Action,
+    Amend,
+    Answer,
+    BadCommand,
+    Command,
+    Discard,
+    FirmwareStatus,
+    Forget,
+    GuestState,
+    Issue,
+    Launch,
+    Layout,
+    MarkFailed,
+    NeedLayout,
+    Publish,
+    Published,
+    PublishPlatform,
+    Refuse,
+    Request,
+    Save,
+    Start,
+    Step,
+    StepResult,
+    TearDown,
+    complete,
+    decide,
+    fail,
+    resolve,
+    teardown,
+)
 from sevd.platform import Platform
 from sevd.psp.device import PspClient
 from sevd.xen import protocol as proto
 from sevd.xen.hypervisor import Hypervisor, HypervisorError
 from sevd.xen.xsclient import Xenstore, XenstoreError, XenstoreLost
 
-LAUNCH_STEPS = proto.LAUNCH_STEPS
 # The node the daemon writes itself: its watch events need no reconcile.
 DAEMON_NODES = {"summary"}
 
@@ -60,6 +95,39 @@ class LaunchFailed(SevdError):
     def __init__(self, name: str, message: str):
         super().__init__(f"{name}: {message}")
         self.name, self.message = name, message
+
+
+@dataclasses.dataclass
+class _Pass:
+    """One reconcile pass over one guest: what it observed, updated as the actions are performed."""
+
+    domid: int
+    record: GuestRecord | None
+    alive: bool = True
+    command: Command | BadCommand | None = None
+    command_text: str | None = None
+    request: Request | None = None
+    parsed: tuple[str, proto.LaunchRequest] | None = None  # the request as taken, for the next passes
+    layout: Layout | None = None
+
+
+_LAUNCH_ERRORS = (FirmwareError, HypervisorError, LaunchFailed, DeviceError)
+
+
+def _failure(err: Exception) -> tuple[str, str]:
+    """The summary error's name and message for a failed step."""
+    if isinstance(err, FirmwareError):
+        return err.name, str(err)
+    if isinstance(err, (HypervisorError, LaunchFailed)):
+        return getattr(err, "name", "XEN_ERROR"), getattr(err, "message", str(err))
+    assert isinstance(err, DeviceError)
+    return f"DEVICE_{errno.errorcode.get(err.errno, err.errno)}", str(err)
+
+
+def _clean(error: str) -> str:
+    """The core's "NAME: message" as the summary may hold it (one line of printable ASCII)."""
+    name, _, message = error.partition(": ")
+    return proto.error_text(name, message)
 
 
 class Daemon:
@@ -317,176 +385,231 @@ class Daemon:
                 return
 
     def reconcile(self, domid: int) -> None:
+        """One pass: observe the guest, then perform what the launch core decides until it needs nothing more."""
         assert self.xs is not None
-        rec = self.records.load(domid)
-        base = proto.guest_path(domid)
-        if not self.hv.domain_exists(domid):
-            if rec is not None:
-                self.teardown(rec)
-                self.records.delete(domid)
-                self.log.info("domain %d gone: decommissioned", domid, extra=self._fields(rec))
+        p = _Pass(domid, self.records.load(domid), alive=self.hv.domain_exists(domid))
+        if p.alive:
+            self._observe(p)
+        try:
+            while True:
+                summary = self._summaries.get(domid)
+                published = Published(summary.state, summary.ack) if summary is not None else None
+                actions = decide(p.record, p.request, p.command, p.alive, published=published, layout=p.layout)
+                for action in actions:
+                    self._perform(p, action)
+                if not actions or not isinstance(actions[-1], DECIDE_AGAIN):
+                    return
+        finally:
+            self._layout.pop((domid, "image"), None)
+            self._layout.pop((domid, "vmsa"), None)
+
+    def _observe(self, p: _Pass) -> None:
+        """The guest's nodes: one list says whether there is a request, a command, a summary."""
+        assert self.xs is not None
+        base = proto.guest_path(p.domid)
+        names = set(self.xs.list(base))
+        self._current(p.domid, names)
+        if "command" in names:
+            p.command_text = self.xs.read(f"{base}/command")
+            if p.command_text is not None:
+                try:
+                    p.command = proto.parse_command(p.command_text)
+                except InputError as exc:
+                    p.command = BadCommand(str(exc))
+        if "request" not in names:
+            return
+        text = self.xs.read(f"{base}/request")
+        if text is None:
+            return
+        taken = self._requests.get(p.domid)
+        if taken is not None and taken[0] == text:
+            p.request = Request(taken[1].generation, seen=True)
+            return
+        generation = proto.request_generation(text)
+        try:
+            req = proto.LaunchRequest.parse_text(p.domid, text)
+        except InputError as exc:
+            p.request = Request(generation, problem=str(exc))
+            return
+        p.parsed = (text, req)
+        launch = Launch(
+            p.domid,
+            req.generation,
+            int(req.policy),
+            req.es,
+            req.attest,
+            req.image_gpa,
+            req.image_size,
+            req.image_more,
+            req.name,
+        )
+        p.request = Request(generation, launch=launch)
+
+    def _perform(self, p: _Pass, action: Action) -> None:
+        domid = p.domid
+        assert self.xs is not None
+        match action:
+            case Issue(step=step):
+                self._issue(p, step)
+            case NeedLayout():
+                assert p.record is not None
+                p.layout = self._layout_of(p.record)
+            case Start(record=rec, name=name):
+                assert p.parsed is not None
+                self._requests[domid] = p.parsed
+                p.record = rec
+                self.records.save(rec)  # before the ack: a request acked is one the journal knows
+                launching = proto.GuestSummary(
+                    state=rec.state, ack=rec.generation, name=name, policy=Policy(rec.policy)
+                )
+                self._publish(domid, launching)
+            case Save(record=rec):
+                p.record = rec
+                self.records.save(rec)
+            case TearDown(best_effort=best_effort):
+                try:
+                    self._tear_down(p)
+                except (FirmwareError, SevdError) as exc:
+                    if not best_effort:
+                        raise
+                    self.log.error("domain %d: teardown failed: %s", domid, exc, extra=self._fields(p.record))
+            case MarkFailed(name=name, message=message):
+                assert p.record is not None
+                self.log.error(
+                    "domain %d: launch failed: %s: %s", domid, name, message, extra=self._fields(p.record, name)
+                )
+                p.record = dataclasses.replace(p.record, state=GuestState.ERROR, error=proto.error_text(name, message))
+                self.records.save(p.record)
+            case Publish(step=step):
+                assert p.record is not None
+                self._publish(domid, self._summary_of(p.record, step=step))
+            case Amend(error=error, ack=ack):
+                changes: dict[str, Any] = {"error": _clean(error)}
+                if ack is not None:
+                    changes["ack"] = ack
+                self._publish(domid, self._amend(domid, p.record, **changes))
+            case Refuse(error=error, ack=ack):
+                self.log.warning("domain %d: request refused: %s", domid, error, extra={"SEV_DOMID": domid})
+                self._publish(domid, proto.GuestSummary(state=GuestState.ERROR, ack=ack, error=_clean(error)))
+            case Answer(error=error, state=state, publish=publish):
+                assert p.command_text is not None
+                changes = {"error": _clean(error)} if error is not None else {}
+                if state is not None:
+                    changes["state"] = state
+                self._answer(domid, p.command_text, self._amend(domid, p.record, **changes) if publish else None)
+                p.command = None
+            case Discard():
+                if p.record is not None:
+                    self.records.delete(domid)
+                self._requests.pop(domid, None)
+            case Forget():
+                if p.record is not None:
+                    self.records.delete(domid)
+                    self.log.info("domain %d gone: decommissioned", domid, extra=self._fields(p.record))
+                self.xs.rm(proto.guest_path(domid))
+                self._requests.pop(domid, None)
+                self._summaries.pop(domid, None)
+            case PublishPlatform():
                 self.publish_platform()
-            self.xs.rm(base)
-            self._requests.pop(domid, None)
-            self._summaries.pop(domid, None)
+
+    # -- the steps -----------------------------------------------------------------------------------------
+
+    def _issue(self, p: _Pass, step: Step) -> None:
+        """Issue one step, journaled; a failure fails the launch as the core says."""
+        if step == Step.LAUNCH_UPDATE_SECRET:
+            self._inject_secret(p)
             return
-        names = set(self.xs.list(base))  # one read says whether there is a request, a command, a summary
-        self._current(domid, names)
-        command_text = self.xs.read(f"{base}/command") if "command" in names else None
-        command = None
-        if command_text is not None:
-            try:
-                command = proto.parse_command(command_text)
-            except InputError as exc:
-                self._answer(domid, command_text, self._amend(domid, rec, error=self._invalid(exc)))
-                return
-        if command == proto.Command.DESTROY:
-            assert command_text is not None
-            if rec is not None:
-                self.teardown(rec)
-                self.records.delete(domid)
-                self.publish_platform()
-            self._requests.pop(domid, None)
-            self._answer(domid, command_text, self._amend(domid, rec, state=proto.GuestState.DESTROYED))
+        # LAUNCH_FINISH fails the launch only on a firmware status; a device error is retried by the next pass.
+        errors = (FirmwareError,) if step == Step.LAUNCH_FINISH else _LAUNCH_ERRORS
+        try:
+            self._journal(p, step)
+        except errors as err:
+            assert p.record is not None
+            for action in fail(p.record, *_failure(err)):
+                self._perform(p, action)
             return
-        rec = self._take_request(domid, rec, names)
-        if rec is None:
-            return
-        if rec.state in ("queued", "launching"):
-            self.launch(rec)
-        else:
-            published = self._summaries.get(domid)
-            if published is None or published.state != proto.GuestState(rec.state):
-                # The journal is ahead of xenstore (a crash or a lost connection between the two): publish it.
-                self._publish(domid, self._summary_of(rec))
-        if rec.state == "measured" and not rec.attest:
-            self.finish(rec)  # the pass that measured it did not get that far
+        if step == Step.LAUNCH_MEASURE:
+            self.log.info("domain %d measured", p.domid, extra=self._fields(p.record))
+        elif step == Step.LAUNCH_FINISH:
+            self.log.info("domain %d running", p.domid, extra=self._fields(p.record))
+
+    def _command(self, rec: GuestRecord, step: Step) -> Callable[[], StepResult]:
+        """What issuing `step` calls, with its arguments from the record (asked before the step is journaled)."""
+        g = self.guest
+        if step == Step.MAKE_SEV:
+            return lambda: self.make_sev_domain(rec.domid, rec.es).asid
+        if step == Step.LAUNCH_START:
+            godh, session = self._owner_session(rec.domid)
+            kwargs = {"godh_cert": godh, "session": session} if godh else {}
+            return lambda: g.launch_start(Policy(rec.policy), **kwargs)
+        if step == Step.ACTIVATE:
+            return lambda: g.activate(rec.handle, rec.asid)
+        if step == Step.SEV_ENABLE:
+            return lambda: self.hv.enable_sev(rec.domid)
+        if step == Step.LAUNCH_UPDATE_DATA:
+            spa, length = self._ranges(rec)[rec.ranges_done]
+            return lambda: g.launch_update_data(rec.handle, spa, length)
+        if step == Step.LAUNCH_UPDATE_VMSA:
+            vmsa = self._vmsa_pages(rec)[rec.vmsas_done]
+            return lambda: g.launch_update_vmsa(rec.handle, vmsa)
+        if step == Step.LAUNCH_MEASURE:
+            return lambda: g.launch_measure(rec.handle)
+        if step == Step.LAUNCH_FINISH:
+            return lambda: g.launch_finish(rec.handle)
+        if step == Step.DEACTIVATE:
+            return lambda: g.deactivate(rec.handle)
+        if step == Step.DECOMMISSION:
+            return lambda: g.decommission(rec.handle)
+        raise ValueError(f"{step} is not issued on its own")
+
+    def _journal(self, p: _Pass, step: Step, command: Callable[[], StepResult] | None = None) -> StepResult:
+        """Persist `pending` before the command and `complete(record, step, result)` after it: a crash
+        between is settled by RECOVERY.
+
+        A PSP command and its "after" record form one item on the PSP queue, so no other command
+        runs between them: a handle the firmware frees (DECOMMISSION) or hands out (LAUNCH_START)
+        is on disk before any other guest's command could reuse it.  A launch step's "after" record
+        names the next step in flight, so it is that step's "before" record too (one data sync, not
+        two, and the very record a crash between the two would have left).
+        """
+        rec = p.record
+        assert rec is not None
         if command is None:
+            command = self._command(rec, step)
+        layout = self._layout_of(rec) if step in (Step.LAUNCH_UPDATE_DATA, Step.LAUNCH_UPDATE_VMSA) else None
+        if rec.pending != step:  # else the record on disk names it already (pending is saved whenever set)
+            p.record = dataclasses.replace(rec, pending=step)
+            self.records.save(p.record)
+        fault_point("before", step)
+
+        def run() -> StepResult:
+            result = command()
+            fault_point("after", step)
+            assert p.record is not None
+            # The result is in the "after" record: nothing learnt may live only in memory.
+            p.record = complete(p.record, step, result, layout)
+            self.records.save(p.record)
+            return result
+
+        return run() if step in XEN_STEPS else self.psp(run)
+
+    def _tear_down(self, p: _Pass) -> None:
+        """DEACTIVATE (if bound) and DECOMMISSION the guest's PSP context, as GUEST_STATUS shows it; idempotent."""
+        if p.record is None or not p.record.handle:
             return
-        assert command_text is not None
-        if rec.state == "measured" and command == proto.Command.INJECT_SECRET:
-            self.inject_secret(rec, command_text)
-        elif rec.state == "measured" and command == proto.Command.FINISH:
-            self._answer(domid, command_text)  # taken before the work: xl-sev then waits for `running`
-            self.finish(rec)
-        else:
-            msg = f"{command.value} needs state measured, the guest is {rec.state}"
-            self._answer(domid, command_text, self._amend(domid, rec, error=self._invalid(msg)))
+        status = self.psp(self.guest.guest_status, p.record.handle)
+        for action in teardown(p.record, FirmwareStatus(status.state, status.asid)):
+            if isinstance(action, Issue):
+                self._journal(p, action.step)
+            else:
+                self._perform(p, action)
+
+    def _layout_of(self, rec: GuestRecord) -> Layout:
+        return Layout(len(self._ranges(rec)), len(self._vmsa_pages(rec)) if rec.es else 0)
 
     @staticmethod
     def _invalid(problem: object) -> str:
         return proto.error_text("INVALID_REQUEST", str(problem))
-
-    def _take_request(self, domid: int, rec: GuestRecord | None, names: set[str]) -> GuestRecord | None:
-        """Accept a new request generation (validated) or return the current record."""
-        assert self.xs is not None
-        if "request" not in names:
-            return rec
-        text = self.xs.read(proto.guest_path(domid, "request"))
-        if text is None:
-            return rec
-        taken = self._requests.get(domid)
-        if rec is not None and taken is not None and taken[0] == text:
-            return rec
-        generation = proto.request_generation(text)
-        if rec is not None and generation == rec.generation:
-            return rec
-        published = self._summaries.get(domid)
-        if generation is not None and published is not None and published.ack == generation:
-            return rec  # taken before (refused, or launched and destroyed): never again
-        if rec is not None:
-            msg = f"domain {domid} already has a launch (generation {rec.generation}); destroy it first"
-            changes: dict[str, Any] = {"error": self._invalid(msg)}
-            if generation is not None:
-                changes["ack"] = generation
-            self._publish(domid, self._amend(domid, rec, **changes))
-            return rec
-        try:
-            req = proto.LaunchRequest.parse_text(domid, text)
-        except InputError as exc:
-            self.log.warning("domain %d: request refused: %s", domid, exc, extra={"SEV_DOMID": domid})
-            refused = proto.GuestSummary(state=proto.GuestState.ERROR, ack=generation, error=self._invalid(exc))
-            self._publish(domid, refused)
-            return None
-        self._requests[domid] = (text, req)
-        rec = GuestRecord(
-            domid=domid,
-            generation=req.generation,
-            policy=int(req.policy),
-            es=req.es,
-            attest=req.attest,
-            image_gpa=req.image_gpa,
-            image_size=req.image_size,
-            image_more=[list(piece) for piece in req.image_more],
-            state="launching",
-            pending=LAUNCH_STEPS[0],  # the launch starts with it at once: this record is its "before" too
-        )
-        self.records.save(rec)  # before the ack: a request acked is one the journal knows
-        launching = proto.GuestSummary(
-            state=proto.GuestState.LAUNCHING, ack=req.generation, name=req.name, policy=req.policy
-        )
-        self._publish(domid, launching)
-        return rec
-
-    # -- the launch ----------------------------------------------------------------------------------------
-
-    def _journal(
-        self,
-        rec: GuestRecord,
-        step: str,
-        action: Callable[[], Any],
-        apply: Callable[[Any], None] | None = None,
-        *,
-        psp: bool = True,
-        then: Callable[[GuestRecord], str | None] | None = None,
-    ):
-        """Persist `pending` before the command and the result after it: a crash between is recoverable.
-
-        A PSP command and its "after" record form one item on the PSP queue, so no other command
-        runs between them: a handle the firmware frees (DECOMMISSION) or hands out (LAUNCH_START)
-        is on disk before any other guest's command could reuse it.
-
-        `then` names the step that comes right after this one: the "after" record names it in flight,
-        so it is that step's "before" record too (one data sync, not two, and the very record a crash
-        between the two would have left).
-        """
-        if rec.pending != step:  # else the record on disk names it already (pending is saved whenever set)
-            rec.pending = step
-            self.records.save(rec)
-        fault_point("before", step)
-
-        def run() -> Any:
-            result = action()
-            fault_point("after", step)
-            if apply is not None:
-                apply(result)
-            rec.step = step
-            rec.pending = then(rec) if then is not None else None
-            self.records.save(rec)
-            return result
-
-        return self.psp(run) if psp else run()
-
-    def _next_launch_step(self, rec: GuestRecord) -> str | None:
-        if rec.step == "NEW":
-            return LAUNCH_STEPS[0]
-        if rec.step not in LAUNCH_STEPS:
-            return None
-        index = LAUNCH_STEPS.index(rec.step)
-        if rec.step == "UPDATE_DATA" and rec.ranges_done < len(self._ranges(rec)):
-            return "UPDATE_DATA"
-        if rec.step in ("UPDATE_DATA", "UPDATE_VMSA") and rec.es and rec.vmsas_done < len(self._vmsa_pages(rec)):
-            return "UPDATE_VMSA"  # SEV-ES: each vCPU's VMSA, after the image, as the owner measures them
-        if rec.step == "UPDATE_DATA":
-            index += 1  # no VMSA step for plain SEV
-        return LAUNCH_STEPS[index + 1] if index + 1 < len(LAUNCH_STEPS) else None
-
-    def _following(self, rec: GuestRecord) -> str | None:
-        """The step right after the one just done: the next launch step, or FINISH when nobody attests."""
-        step = self._next_launch_step(rec)
-        if step is None and rec.state == "measured" and not rec.attest:
-            return "FINISH"
-        return step
 
     def _ranges(self, rec: GuestRecord) -> list[tuple[int, int]]:
         """The image's system-physical ranges, piece after piece (the order the owner measures in), asked
@@ -505,89 +628,6 @@ class Daemon:
         if key not in self._layout:
             self._layout[key] = self.hv.vmsa_pages(rec.domid)
         return self._layout[key]
-
-    def launch(self, rec: GuestRecord) -> None:
-        domid = rec.domid
-        if rec.state != "launching":
-            rec.state = "launching"
-            self._publish(domid, self._summary_of(rec))
-        try:
-            # The summary is published per state, not per step: a launch is three writes, not ten.
-            while (step := self._next_launch_step(rec)) is not None:
-                self._launch_step(rec, step)
-        except FirmwareError as err:
-            self.fail(rec, err.name, str(err))
-            return
-        except (HypervisorError, LaunchFailed) as err:
-            self.fail(rec, getattr(err, "name", "XEN_ERROR"), getattr(err, "message", str(err)))
-            return
-        except DeviceError as err:
-            self.fail(rec, f"DEVICE_{errno.errorcode.get(err.errno, err.errno)}", str(err))
-            return
-        finally:
-            self._layout.pop((domid, "image"), None)
-            self._layout.pop((domid, "vmsa"), None)
-        if rec.state != "measured":  # a journal written before MEASURE's record carried the state
-            rec.state = "measured"
-            self.records.save(rec)
-        self.log.info("domain %d measured", domid, extra=self._fields(rec))
-        if rec.attest:
-            self._publish(domid, self._summary_of(rec))  # the owner checks it, then sends its secret
-        else:
-            self.finish(rec)  # published once, as running, with the measurement
-
-    def _launch_step(self, rec: GuestRecord, step: str) -> None:
-        g = self.guest
-        if step == "SEV_DOMAIN":
-            # The result is applied before the journal's "after" record: nothing learnt may live only in memory.
-            self._journal(
-                rec,
-                step,
-                lambda: self.make_sev_domain(rec.domid, rec.es),
-                lambda sev: setattr(rec, "asid", sev.asid),
-                psp=False,
-                then=self._following,
-            )
-        elif step == "LAUNCH_START":
-            godh, session = self._owner_session(rec.domid)
-            kwargs = {"godh_cert": godh, "session": session} if godh else {}
-            self._journal(
-                rec,
-                step,
-                lambda: g.launch_start(Policy(rec.policy), **kwargs),
-                lambda handle: setattr(rec, "handle", handle),
-                then=self._following,
-            )
-        elif step == "ACTIVATE":
-            self._journal(rec, step, lambda: g.activate(rec.handle, rec.asid), then=self._following)
-        elif step == "SEV_ENABLED":
-            self._journal(rec, step, lambda: self.hv.enable_sev(rec.domid), psp=False, then=self._following)
-        elif step == "UPDATE_DATA":
-            ranges = self._ranges(rec)
-            spa, length = ranges[rec.ranges_done]
-            self._journal(
-                rec,
-                step,
-                lambda: g.launch_update_data(rec.handle, spa, length),
-                lambda _: setattr(rec, "ranges_done", rec.ranges_done + 1),
-                then=self._following,
-            )
-        elif step == "UPDATE_VMSA":
-            spa = self._vmsa_pages(rec)[rec.vmsas_done]
-            self._journal(
-                rec,
-                step,
-                lambda: g.launch_update_vmsa(rec.handle, spa),
-                lambda _: setattr(rec, "vmsas_done", rec.vmsas_done + 1),
-                then=self._following,
-            )
-        elif step == "MEASURE":
-
-            def measured(blob: bytes) -> None:  # the state goes with the measurement, in the same record
-                rec.measurement = base64.b64encode(blob).decode()
-                rec.state = "measured"
-
-            self._journal(rec, step, lambda: g.launch_measure(rec.handle), measured, then=self._following)
 
     def _owner_session(self, domid: int) -> tuple[bytes | None, bytes | None]:
         """The owner's session, as parsed when the request was taken (re-read after a restart)."""
@@ -625,10 +665,11 @@ class Daemon:
         self.hv.asids_flushed(dirty)
         self.log.info("WBINVD + DF_FLUSH: ASIDs %s clean", dirty)
 
-    def inject_secret(self, rec: GuestRecord, command_text: str) -> None:
-        """LAUNCH_SECRET with the packet in secret/*, which is removed whatever the outcome; the outcome
-        is published as the command is answered."""
-        assert self.xs is not None
+    def _inject_secret(self, p: _Pass) -> None:
+        """LAUNCH_UPDATE_SECRET with the packet in secret/*, which is removed whatever the outcome; the
+        outcome is published as the command is answered."""
+        assert self.xs is not None and p.record is not None and p.command_text is not None
+        rec = p.record
         base = proto.guest_path(rec.domid)
         error = None
         try:
@@ -638,115 +679,40 @@ class Daemon:
                 raise InputError("secret/gpa: the secret must not cross a physically discontiguous page boundary")
             spa = ranges[0][0]
             self._journal(
-                rec,
-                "SECRET",
+                p,
+                Step.LAUNCH_UPDATE_SECRET,
                 lambda: self.guest.launch_update_secret(rec.handle, packet.header, spa, packet.data),
             )
             self.log.info("domain %d: secret injected (%d bytes)", rec.domid, len(packet.data), extra=self._fields(rec))
         except InputError as exc:
             error = self._invalid(exc)
         except FirmwareError as err:
-            rec.pending = None
-            self.records.save(rec)
+            p.record = dataclasses.replace(p.record, pending=None)
+            self.records.save(p.record)
             error = proto.error_text(err.name, str(err))
             self.log.warning("domain %d: %s", rec.domid, err, extra=self._fields(rec, err.name))
         finally:
             self.xs.rm(f"{base}/secret")  # secrets are transient: never left behind
-        step = rec.step if rec.step in proto.STEPS else None
-        self._answer(rec.domid, command_text, self._amend(rec.domid, rec, step=step, error=error))
-
-    def finish(self, rec: GuestRecord) -> None:
-        def finished(_: Any) -> None:  # the state goes with the step, in the same record
-            rec.state = "running"
-
-        try:
-            self._journal(rec, "FINISH", lambda: self.guest.launch_finish(rec.handle), finished)
-        except FirmwareError as err:
-            self.fail(rec, err.name, str(err))
-            return
-        self._publish(rec.domid, self._summary_of(rec))
-        self.log.info("domain %d running", rec.domid, extra=self._fields(rec))
-        self.publish_platform()
-
-    def fail(self, rec: GuestRecord, name: str, message: str) -> None:
-        self.log.error("domain %d: launch failed: %s: %s", rec.domid, name, message, extra=self._fields(rec, name))
-        last_step = rec.step if rec.step in proto.STEPS else None  # before the teardown's steps replace it
-        try:
-            self.teardown(rec)
-        except (FirmwareError, SevdError) as exc:
-            self.log.error("domain %d: teardown failed: %s", rec.domid, exc, extra=self._fields(rec))
-        rec.state, rec.error = "error", proto.error_text(name, message)
-        self.records.save(rec)
-        self._publish(rec.domid, self._summary_of(rec, step=last_step))
-        self.publish_platform()
-
-    def teardown(self, rec: GuestRecord) -> None:
-        """DEACTIVATE (if bound) and DECOMMISSION the guest's PSP context; idempotent."""
-        if not rec.handle:
-            return
-        status = self.psp(self.guest.guest_status, rec.handle)
-        if status.state != FwGuestState.INVALID:
-            if status.asid:
-                self._journal(rec, "DEACTIVATE", lambda: self.guest.deactivate(rec.handle))
-            self._journal(
-                rec, "DECOMMISSION", lambda: self.guest.decommission(rec.handle), lambda _: setattr(rec, "handle", 0)
-            )
-        elif rec.handle:  # already gone from the firmware (e.g. settled by recovery)
-            rec.handle = 0
-            self.records.save(rec)
+        step = p.record.step if p.record.step in PUBLISHED_STEPS else None
+        self._answer(rec.domid, p.command_text, self._amend(rec.domid, p.record, step=step, error=error))
+        p.command = None
 
     # -- recovery ------------------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """After a restart: settle every journaled step in flight by asking GUEST_STATUS, then sweep orphans."""
+        """After a restart: settle every journaled step in flight with GUEST_STATUS (the launch core's
+        RECOVERY table), then sweep orphans."""
         for rec in self.records.load_all():
-            if rec.pending:
-                self._settle(rec)
+            if rec.pending is None:
+                continue
+            status = self.psp(self.guest.guest_status, rec.handle) if rec.handle else None
+            seen = FirmwareStatus(status.state, status.asid) if status is not None else NO_HANDLE
+            resolution = resolve(rec.pending, seen, rec)
+            self.log.info("domain %d: recovering step %s (%s)", rec.domid, rec.pending, resolution.value)
+            p = _Pass(rec.domid, rec)
+            for action in decide(rec, None, None, True, seen):
+                self._perform(p, action)
         self._sweep_orphans()
-
-    def _settle(self, rec: GuestRecord) -> None:
-        pending = rec.pending
-        status = self.psp(self.guest.guest_status, rec.handle) if rec.handle else None
-        done: bool
-        if pending in ("SEV_DOMAIN", "SEV_ENABLED", "SECRET"):
-            done = False  # idempotent (Xen) or repeatable (LAUNCH_SECRET): simply redo
-        elif pending == "LAUNCH_START":
-            done = False  # no handle came back to us; a context it created is swept as an orphan
-        elif pending == "ACTIVATE":
-            done = status is not None and status.asid == rec.asid  # never ACTIVATE twice
-        elif pending in ("UPDATE_DATA", "UPDATE_VMSA"):
-            rec.pending = None
-            self.records.save(rec)
-            self.fail(
-                rec,
-                "INTERRUPTED",
-                f"sevd stopped during LAUNCH_{pending}; the image or VMSA may be partly encrypted: "
-                "destroy and recreate the domain",
-            )
-            return
-        elif pending == "MEASURE":
-            if status is not None and status.state == FwGuestState.LSECRET:
-                rec.pending = None
-                self.fail(rec, "INTERRUPTED", "sevd stopped during LAUNCH_MEASURE and the measurement was lost")
-                return
-            done = False
-        elif pending == "FINISH":
-            done = status is not None and status.state == FwGuestState.RUNNING
-        elif pending == "DEACTIVATE":
-            done = status is not None and status.asid == 0
-        elif pending == "DECOMMISSION":
-            done = status is None or status.state == FwGuestState.INVALID
-        else:
-            done = False
-        if done:
-            rec.step = pending or rec.step
-            if pending == "FINISH":
-                rec.state = "running"
-            if pending == "DECOMMISSION":
-                rec.handle = 0
-        rec.pending = None
-        self.records.save(rec)
-        self.log.info("domain %d: recovered step %s (%s)", rec.domid, pending, "done" if done else "redo")
 
     def _sweep_orphans(self) -> None:
         """Decommission PSP contexts no journal knows (e.g. a LAUNCH_START whose handle was never saved)."""
@@ -757,7 +723,7 @@ class Daemon:
             if found >= live:
                 break
             status = self.psp(self.guest.guest_status, handle)
-            if status.state == FwGuestState.INVALID:
+            if status.state == FirmwareGuestState.INVALID:
                 continue
             found += 1
             if handle in known:
@@ -774,8 +740,8 @@ class Daemon:
 
     def _status_line(self) -> str:
         records = self.records.load_all()
-        running = sum(r.state == "running" for r in records)
-        launching = sum(r.state in ("queued", "launching", "measured") for r in records)
+        running = sum(r.state == GuestState.RUNNING for r in records)
+        launching = sum(r.state in (GuestState.QUEUED, GuestState.LAUNCHING, GuestState.MEASURED) for r in records)
         return f"{running} running, {launching} launching"
 
     def publish_platform(self) -> None:

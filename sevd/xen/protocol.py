@@ -19,12 +19,14 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import enum
 import re
 
 from sevd.abi.commands import CERT_SIZE, PACKET_HEADER_SIZE, SECRET_MAX_LEN, SESSION_SIZE
 from sevd.abi.policy import Policy
 from sevd.errors import InputError
+from sevd.launch import LAUNCH_SEQUENCE, LEGACY_STEP_NAMES, PUBLISHED_STEPS, Command, GuestState
+
+__all__ = ["Command", "GuestState"]  # defined by the launch core; published here as the summary's `state`
 
 ROOT = "/sevd"
 PERMS = ("n0",)  # Dom0 owns every node; nobody else may read or write
@@ -41,31 +43,13 @@ def guest_path(domid: int, *parts: str) -> str:
     return "/".join((GUESTS, str(domid), *parts))
 
 
-class GuestState(enum.Enum):
-    """The summary's `state`, in launch order; `error` and `destroyed` end a launch."""
-
-    QUEUED = "queued"  # request accepted (ack written), not started
-    LAUNCHING = "launching"  # PSP commands in flight (see `step`)
-    MEASURED = "measured"  # measurement published, waiting for the owner's secret / finish
-    RUNNING = "running"  # LAUNCH_FINISH done; the toolstack may unpause
-    DESTROYING = "destroying"
-    DESTROYED = "destroyed"
-    ERROR = "error"  # see `error`; the PSP context was decommissioned
-
-
-class Command(enum.Enum):
-    INJECT_SECRET = "inject-secret"
-    FINISH = "finish"
-    DESTROY = "destroy"
-
-
 # Node formats: `request` and `summary` are one line of `key=value` pairs separated by single spaces,
 # version first (`v=1`).  Values hold no spaces, except the summary's `error`, which comes last and
 # runs to the end of the line.  A reader refuses a version it does not know; the summary's readers
 # skip keys they do not know (sevd may add some within a version), sevd refuses unknown request keys.
 VERSION = 1
-LAUNCH_STEPS = ("SEV_DOMAIN", "LAUNCH_START", "ACTIVATE", "SEV_ENABLED", "UPDATE_DATA", "UPDATE_VMSA", "MEASURE")
-STEPS = (*LAUNCH_STEPS, "SECRET", "FINISH")  # the summary's `step`: the last one done
+LAUNCH_STEPS = tuple(str(step) for step in LAUNCH_SEQUENCE)
+STEPS = tuple(str(step) for step in PUBLISHED_STEPS)  # the summary's `step`: the last one done
 
 _HEX_OR_DEC = re.compile(r"^(0x[0-9a-fA-F]{1,16}|[0-9]{1,20})$")
 _API = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}$")
@@ -313,6 +297,8 @@ class GuestSummary:
                 known = ", ".join(s.value for s in GuestState)
                 raise InputError(f"summary state: {fields['state'][:32]!r} is not one of {known}") from None
         step = fields.get("step")
+        if step is not None:
+            step = LEGACY_STEP_NAMES.get(step, step)  # an older sevd's name for it
         if step is not None and step not in STEPS:
             raise InputError(f"summary step: {step[:32]!r} is not one of {', '.join(STEPS)}")
         api = fields.get("api")

@@ -45,7 +45,7 @@ from sevd_sim.wire import XsType
 
 __all__ = ["XenstoredStandIn", "XsError", "main"]
 
-log = logging.getLogger("sevd_sim.xenstored")
+log = logging.getLogger("sevd.sim.xenstored")
 
 PERM_READ = 1
 PERM_WRITE = 2

@@ -97,7 +97,7 @@ class _Errno(Exception):
 # config.json's memory kind for machine memory read through Xen (DomctlXen.read_spa); otherwise a file path.
 XEN_MACHINE_MEMORY = "xen"
 
-log = logging.getLogger("sevd_sim.psp")
+log = logging.getLogger("sevd.sim.psp")  # under "sevd": the daemon that opens it logs its lines
 _warned: set[Path] = set()  # PSP directories whose test mode this process has announced
 
 

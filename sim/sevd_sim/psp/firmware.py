@@ -24,7 +24,7 @@ from sevd.abi.commands import (
     VMSA_SIZE,
 )
 from sevd.abi.commands import FirmwareCommand as C
-from sevd.abi.commands import GuestState as G
+from sevd.abi.commands import FirmwareGuestState as G
 from sevd.abi.commands import PlatformState as P
 from sevd.abi.launch import (
     LaunchSession,

@@ -31,7 +31,7 @@ PAGE = 4096
 SPA_LIMIT = 1 << 52  # the architectural limit of physical addresses on x86-64
 READ_CHUNK = 1 << 20  # Xen's READ_SPA limit per call
 
-log = logging.getLogger("sevd_sim.psp")
+log = logging.getLogger("sevd.sim.psp")  # under "sevd": the daemon that opens it logs its lines
 
 
 class OutOfRange(Exception):

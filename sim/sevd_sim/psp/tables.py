@@ -6,7 +6,7 @@ simulator decides which command is legal when: firmware.py looks it up here.
 """
 
 from sevd.abi.commands import FirmwareCommand as C
-from sevd.abi.commands import GuestState as G
+from sevd.abi.commands import FirmwareGuestState as G
 from sevd.abi.commands import PlatformState as P
 
 ANY_PLATFORM = frozenset(P)
