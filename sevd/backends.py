@@ -39,14 +39,15 @@ class Backend(Protocol):
     def open_toolstack(self, config: Config, xs: Any) -> Toolstack: ...
 
 
-def _plugin(name: str, section: str) -> Any:
+def _plugin(name: str, section: str) -> Backend:
     found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)
     if not found:
         raise InputError(
             f"{section} backend {name!r}: not built in (those are {BUILT_IN[section]!r}) and no installed "
             f"package provides it"
         )
-    return next(iter(found)).load()
+    backend: Backend = next(iter(found)).load()
+    return backend
 
 
 def open_psp(config: Config, *, write: bool = True) -> PspClient:
