@@ -44,7 +44,12 @@ class GuestCommands:
         self.client = client
 
     def launch_start(
-        self, policy: Policy, *, godh_cert: bytes | None = None, session: bytes | None = None, handle: Handle = NO_HANDLE
+        self,
+        policy: Policy,
+        *,
+        godh_cert: bytes | None = None,
+        session: bytes | None = None,
+        handle: Handle = NO_HANDLE,
     ) -> Handle:
         """LAUNCH_START; with an owner session (GODH certificate + launch blob) or without. Returns the handle."""
         req = ffi.new("struct sev_data_launch_start *")

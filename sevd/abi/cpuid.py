@@ -1,9 +1,9 @@
 """CPUID leaf 0x8000001F, AMD memory encryption (AMD APM vol. 3, "Function 8000_001Fh"): the one decoding of it.
 
-    EAX  bit 0 SME, bit 1 SEV, bit 3 SEV-ES, bit 4 SEV-SNP
-    EBX  bits 5:0 the C-bit's position in a page-table entry; bits 11:6 physical-address bits lost to it
-    ECX  how many ASIDs the CPU can hold encrypted guests in (the highest SEV ASID)
-    EDX  the lowest ASID for a plain SEV guest: ASIDs 1..EDX-1 are SEV-ES (and SNP) ones
+EAX  bit 0 SME, bit 1 SEV, bit 3 SEV-ES, bit 4 SEV-SNP
+EBX  bits 5:0 the C-bit's position in a page-table entry; bits 11:6 physical-address bits lost to it
+ECX  how many ASIDs the CPU can hold encrypted guests in (the highest SEV ASID)
+EDX  the lowest ASID for a plain SEV guest: ASIDs 1..EDX-1 are SEV-ES (and SNP) ones
 """
 
 from __future__ import annotations

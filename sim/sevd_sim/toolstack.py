@@ -66,5 +66,7 @@ class SimulatedHostToolstack:
         self.sim.unpause(domid)
 
     def destroy(self, domid: int) -> None:
-        if self.sim.xen.domain_exists(DomId(domid)):  # a simulated domain can die under xl-sev's feet, as with `xl destroy`
+        if self.sim.xen.domain_exists(
+            DomId(domid)
+        ):  # a simulated domain can die under xl-sev's feet, as with `xl destroy`
             self.sim.destroy(domid)

@@ -6,8 +6,8 @@ simulated CPU's CPUID 0x8000001F, the way the patched Xen does (xen-patches/xen)
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from sevd.abi.units import PAGE_SIZE as PAGE
