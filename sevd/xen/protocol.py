@@ -442,7 +442,6 @@ REQUEST = Layout(
     unknown="refuse",
 )
 REQUEST.check(LaunchRequest)
-REQUEST_KEYS = REQUEST.keys
 
 
 @dataclasses.dataclass(frozen=True)

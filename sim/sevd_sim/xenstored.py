@@ -1004,14 +1004,6 @@ class XenstoredStandIn:
 
         return self._call(open_it)
 
-    def dump(self) -> dict[str, tuple[bytes, list[str]]]:
-        """``{path: (value, perms)}`` of the whole store (special nodes included), for tests."""
-
-        def snap():
-            return {p: (n.value, _perm_strings(n.perms)) for p, n in self.store.nodes.items()}
-
-        return self._call(snap)
-
 
 def _onearg(payload: bytes) -> bytes | None:
     """The single argument of a request: the payload must hold exactly one NUL, at its end."""

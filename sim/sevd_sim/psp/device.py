@@ -284,11 +284,6 @@ class SimulatedPsp:
             table[command] = {"outcome": outcome, "count": count}
             write_json(path, table)
 
-    def clear_failures(self) -> None:
-        with exclusive(self.dir / "lock"):
-            (self.dir / "inject.json").unlink(missing_ok=True)
-            (self.dir / "disabled").unlink(missing_ok=True)
-
     def _injected_failure(self, fw: Firmware, name: str) -> None:
         if (self.dir / "disabled").exists():
             raise _Errno(errno.EBUSY)
