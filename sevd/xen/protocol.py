@@ -43,7 +43,7 @@ GUESTS = f"{ROOT}/guest"
 RELEASE_DOMAIN = "@releaseDomain"
 
 
-def guest_path(domid: int, *parts: str) -> str:
+def guest_path(domid: DomId, *parts: str) -> str:
     return "/".join((GUESTS, str(domid), *parts))
 
 
@@ -393,13 +393,13 @@ class LaunchRequest:
         return ((self.image_gpa, self.image_size), *self.image_more)
 
     @classmethod
-    def parse_text(cls, domid: int, text: str) -> LaunchRequest:
+    def parse_text(cls, domid: DomId, text: str) -> LaunchRequest:
         return cls.parse(domid, parse_pairs(REQUEST.node, text))
 
     @classmethod
-    def parse(cls, domid: int, fields: Mapping[str, str]) -> LaunchRequest:
+    def parse(cls, domid: DomId, fields: Mapping[str, str]) -> LaunchRequest:
         """`fields` maps the request's keys to their values; errors name the key and the problem."""
-        request = cls(domid=DomId(domid), **REQUEST.decode(fields))
+        request = cls(domid=domid, **REQUEST.decode(fields))
         if request.es != request.policy.is_es():
             raise InputError("request es: must equal the policy's ES bit")
         if (request.godh is None) != (request.session is None):
