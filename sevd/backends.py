@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from sevd.abi.units import DomId
 from sevd.config import Config
 from sevd.errors import InputError
 from sevd.psp.device import PspClient, open_device
@@ -30,7 +31,7 @@ BUILT_IN = {"psp": "device", "hypervisor": "xen"}
 class Backend(Protocol):
     def open_psp(self, config: Config, *, write: bool) -> PspClient: ...
 
-    def open_hypervisor(self, config: Config, exists: Callable[[int], bool]) -> Hypervisor: ...
+    def open_hypervisor(self, config: Config, exists: Callable[[DomId], bool]) -> Hypervisor: ...
 
     def bind_hypervisor(self, hypervisor: Hypervisor, config: Config) -> Hypervisor:
         """The hypervisor the daemon uses when this backend is the PSP's (a simulated PSP must hear of WBINVD)."""
@@ -39,14 +40,15 @@ class Backend(Protocol):
     def open_toolstack(self, config: Config, xs: Any) -> Toolstack: ...
 
 
-def _plugin(name: str, section: str) -> Any:
+def _plugin(name: str, section: str) -> Backend:
     found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)
     if not found:
         raise InputError(
             f"{section} backend {name!r}: not built in (those are {BUILT_IN[section]!r}) and no installed "
             f"package provides it"
         )
-    return next(iter(found)).load()
+    backend: Backend = next(iter(found)).load()
+    return backend
 
 
 def open_psp(config: Config, *, write: bool = True) -> PspClient:
@@ -56,7 +58,7 @@ def open_psp(config: Config, *, write: bool = True) -> PspClient:
     return _plugin(config.psp_backend, "psp").open_psp(config, write=write)
 
 
-def open_hypervisor(config: Config, exists: Callable[[int], bool]) -> Hypervisor:
+def open_hypervisor(config: Config, exists: Callable[[DomId], bool]) -> Hypervisor:
     """The configured hypervisor, as the PSP backend needs to see it."""
     if config.hypervisor_backend == BUILT_IN["hypervisor"]:
         from sevd.xen.domctl import DomctlXen  # libxencall is loaded only on a Xen host

@@ -15,10 +15,12 @@ from sevd.abi.commands import (
     MEASUREMENT_SIZE,
     PACKET_HEADER_SIZE,
     SESSION_SIZE,
+    VMSA_SIZE,
     FirmwareCommand,
     FirmwareGuestState,
 )
 from sevd.abi.policy import Policy
+from sevd.abi.units import NO_HANDLE, Asid, Handle, Spa
 from sevd.errors import InputError
 from sevd.psp.device import PspClient
 
@@ -29,9 +31,9 @@ def _addr(buf: object) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class GuestStatus:
-    handle: int
+    handle: Handle
     policy: int
-    asid: int
+    asid: Asid
     state: FirmwareGuestState
 
 
@@ -42,13 +44,18 @@ class GuestCommands:
         self.client = client
 
     def launch_start(
-        self, policy: Policy, *, godh_cert: bytes | None = None, session: bytes | None = None, handle: int = 0
-    ) -> int:
+        self,
+        policy: Policy,
+        *,
+        godh_cert: bytes | None = None,
+        session: bytes | None = None,
+        handle: Handle = NO_HANDLE,
+    ) -> Handle:
         """LAUNCH_START; with an owner session (GODH certificate + launch blob) or without. Returns the handle."""
         req = ffi.new("struct sev_data_launch_start *")
         req.handle = handle
         req.policy = int(policy)
-        keep = []
+        keep = []  # the blobs' cffi buffers must outlive the ioctl
         if godh_cert is not None or session is not None:
             if godh_cert is None or session is None:
                 raise InputError("an owner session needs both the GODH certificate and the launch blob")
@@ -61,25 +68,25 @@ class GuestCommands:
             req.dh_cert_address, req.dh_cert_len = _addr(cert_buf), len(godh_cert)
             req.session_address, req.session_len = _addr(session_buf), len(session)
         self.client.guest_command(FirmwareCommand.LAUNCH_START, req)
-        return int(req.handle)
+        return Handle(int(req.handle))
 
-    def activate(self, handle: int, asid: int) -> None:
+    def activate(self, handle: Handle, asid: Asid) -> None:
         req = ffi.new("struct sev_data_activate *")
         req.handle, req.asid = handle, asid
         self.client.guest_command(FirmwareCommand.ACTIVATE, req)
 
-    def launch_update_data(self, handle: int, spa: int, length: int) -> None:
+    def launch_update_data(self, handle: Handle, spa: Spa, length: int) -> None:
         """Encrypt `length` bytes in place at system physical address `spa` and add them to the digest."""
         req = ffi.new("struct sev_data_launch_update_data *")
         req.handle, req.address, req.len = handle, spa, length
         self.client.guest_command(FirmwareCommand.LAUNCH_UPDATE_DATA, req)
 
-    def launch_update_vmsa(self, handle: int, spa: int, length: int = 4096) -> None:
+    def launch_update_vmsa(self, handle: Handle, spa: Spa, length: int = VMSA_SIZE) -> None:
         req = ffi.new("struct sev_data_launch_update_vmsa *")
         req.handle, req.address, req.len = handle, spa, length
         self.client.guest_command(FirmwareCommand.LAUNCH_UPDATE_VMSA, req)
 
-    def launch_measure(self, handle: int) -> bytes:
+    def launch_measure(self, handle: Handle) -> bytes:
         """The 0x30-byte measurement blob: measure(32) ‖ mnonce(16)."""
         out = ffi.new("uint8_t[]", MEASUREMENT_SIZE)
         req = ffi.new("struct sev_data_launch_measure *")
@@ -87,7 +94,7 @@ class GuestCommands:
         self.client.guest_command(FirmwareCommand.LAUNCH_MEASURE, req)
         return bytes(ffi.buffer(out, MEASUREMENT_SIZE))
 
-    def launch_update_secret(self, handle: int, header: bytes, guest_spa: int, ciphertext: bytes) -> None:
+    def launch_update_secret(self, handle: Handle, header: bytes, guest_spa: Spa, ciphertext: bytes) -> None:
         """Inject an owner's secret packet at `guest_spa` (the header MAC is checked by the firmware)."""
         if len(header) != PACKET_HEADER_SIZE:
             raise InputError(f"secret packet header is {len(header)} bytes, expected {PACKET_HEADER_SIZE}")
@@ -99,31 +106,33 @@ class GuestCommands:
         req.trans_address, req.trans_len = _addr(trans_buf), len(ciphertext)
         self.client.guest_command(FirmwareCommand.LAUNCH_UPDATE_SECRET, req)
 
-    def launch_finish(self, handle: int) -> None:
+    def launch_finish(self, handle: Handle) -> None:
         req = ffi.new("struct sev_data_launch_finish *")
         req.handle = handle
         self.client.guest_command(FirmwareCommand.LAUNCH_FINISH, req)
 
-    def deactivate(self, handle: int) -> None:
+    def deactivate(self, handle: Handle) -> None:
         req = ffi.new("struct sev_data_deactivate *")
         req.handle = handle
         self.client.guest_command(FirmwareCommand.DEACTIVATE, req)
 
-    def decommission(self, handle: int) -> None:
+    def decommission(self, handle: Handle) -> None:
         req = ffi.new("struct sev_data_decommission *")
         req.handle = handle
         self.client.guest_command(FirmwareCommand.DECOMMISSION, req)
 
-    def guest_status(self, handle: int) -> GuestStatus:
+    def guest_status(self, handle: Handle) -> GuestStatus:
         req = ffi.new("struct sev_data_guest_status *")
         req.handle = handle
         self.client.guest_command(FirmwareCommand.GUEST_STATUS, req)
-        return GuestStatus(handle=handle, policy=req.policy, asid=req.asid, state=FirmwareGuestState(req.state))
+        return GuestStatus(
+            handle=handle, policy=int(req.policy), asid=Asid(int(req.asid)), state=FirmwareGuestState(req.state)
+        )
 
     def df_flush(self) -> None:
         self.client.guest_command(FirmwareCommand.DF_FLUSH)
 
-    def dbg_decrypt(self, handle: int, spa: int, length: int) -> bytes:
+    def dbg_decrypt(self, handle: Handle, spa: Spa, length: int) -> bytes:
         """Plaintext of guest memory at `spa` (only for guests whose policy allows debugging)."""
         out = ffi.new("uint8_t[]", length)
         req = ffi.new("struct sev_data_dbg *")
@@ -131,7 +140,7 @@ class GuestCommands:
         self.client.guest_command(FirmwareCommand.DBG_DECRYPT, req)
         return bytes(ffi.buffer(out, length))
 
-    def dbg_encrypt(self, handle: int, spa: int, plaintext: bytes) -> None:
+    def dbg_encrypt(self, handle: Handle, spa: Spa, plaintext: bytes) -> None:
         src = ffi.from_buffer(plaintext)
         req = ffi.new("struct sev_data_dbg *")
         req.handle, req.src_addr, req.dst_addr, req.len = handle, _addr(src), spa, len(plaintext)

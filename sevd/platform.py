@@ -13,7 +13,8 @@ from pathlib import Path
 
 from sevd._psp import ffi
 from sevd.abi.certs import AmdCert, PlatformChain, SevCert
-from sevd.abi.commands import CERT_SIZE, PDH_CHAIN_SIZE, USER_BLOB_MAX, PlatformState, UserCommand
+from sevd.abi.commands import CERT_SIZE, GET_ID_SIZE, PDH_CHAIN_SIZE, USER_BLOB_MAX, PlatformState, UserCommand
+from sevd.abi.platform_status import StatusFlag
 from sevd.abi.status import InvalidLen
 from sevd.errors import InputError
 from sevd.psp.device import PspClient
@@ -96,8 +97,8 @@ class Platform:
             api_minor=buf.api_minor,
             build=buf.build,
             state=PlatformState(buf.state),
-            owner=bool(buf.flags & 0x1),
-            es=bool(buf.flags & 0x100),  # SEV_STATUS_FLAGS_CONFIG_ES as the kernel reads bytes 3-6
+            owner=StatusFlag.OWNER in StatusFlag(buf.flags),
+            es=StatusFlag.CONFIG_ES in StatusFlag(buf.flags),
             guests=buf.guest_count,
         )
 
@@ -159,7 +160,7 @@ class Platform:
         """The chip id (GET_ID2), used to fetch the CEK from AMD's key server."""
         req = ffi.new("struct sev_user_data_get_id2 *")
         self._probe_lengths(UserCommand.GET_ID2, req)
-        length = req.length or 64
+        length = req.length or GET_ID_SIZE
         out = ffi.new("uint8_t[]", length)
         req.address = int(ffi.cast("uintptr_t", out))
         req.length = length

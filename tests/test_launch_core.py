@@ -12,7 +12,7 @@ import pytest
 from sevd.abi.commands import FirmwareGuestState as FW
 from sevd.launch import (
     FAILED,
-    NO_HANDLE,
+    NOT_ASKED,
     RECOVERY,
     TRANSITIONS,
     Answer,
@@ -236,18 +236,18 @@ SHOWING = {
     "ASID 0": [FirmwareStatus(FW.LUPDATE, 0), FirmwareStatus(FW.RUNNING, 0)],
     "LSECRET": [FirmwareStatus(FW.LSECRET, ASID), FirmwareStatus(FW.LSECRET, 0)],
     "RUNNING": [FirmwareStatus(FW.RUNNING, ASID)],
-    "no guest": [NO_HANDLE, FirmwareStatus(FW.INVALID, 0)],
+    "no guest": [NOT_ASKED, FirmwareStatus(FW.INVALID, 0)],
 }
 EVERY_STATUS = [
-    NO_HANDLE,
+    NOT_ASKED,
     FirmwareStatus(FW.INVALID, 0),
     *(FirmwareStatus(state, asid) for state in FW if state != FW.INVALID for asid in (0, ASID, ASID + 1)),
 ]
 
 
 def shows(status, what):
-    """What each column of the table means, for a record holding ASID 5 (and a handle unless NO_HANDLE)."""
-    asked = status is not NO_HANDLE
+    """What each column of the table means, for a record holding ASID 5 (and a handle unless NOT_ASKED)."""
+    asked = status is not NOT_ASKED
     return {
         "the record's ASID": asked and status.asid == ASID,
         "ASID 0": asked and status.asid == 0,
@@ -274,7 +274,7 @@ def test_recovery(step, shown):
         assert all(shows(s, shown) for s in statuses)
     assert statuses
     for status in statuses:
-        rec = record(pending=Step(step), handle=0 if status is NO_HANDLE else 1, asid=ASID)
+        rec = record(pending=Step(step), handle=0 if status is NOT_ASKED else 1, asid=ASID)
         assert resolve(Step(step), status, rec) == Resolution(EXPECTED_RECOVERY[step, shown]), status
 
 
@@ -301,7 +301,7 @@ class Firmware:
         self.state, self.handle, self.asid, self.xen_asid = FW.INVALID, 0, 0, 0
 
     def status(self, rec):
-        return FirmwareStatus(self.state, self.asid) if rec.handle else NO_HANDLE
+        return FirmwareStatus(self.state, self.asid) if rec.handle else NOT_ASKED
 
     def run(self, step):
         if step == Step.MAKE_SEV:

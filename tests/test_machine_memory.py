@@ -22,6 +22,7 @@ from sevd import backends
 from sevd.abi import status
 from sevd.abi.launch import LaunchMeasurement, TransportKeys
 from sevd.abi.policy import Policy
+from sevd.abi.units import PHYS_ADDR_LIMIT as SPA_LIMIT
 from sevd.config import Config
 from sevd.guest import GuestCommands
 from sevd.owner.measurement import verify_measurement
@@ -36,7 +37,7 @@ from sevd_sim.psp import digest as digest_mod
 from sevd_sim.psp.device import XEN_MACHINE_MEMORY, SimulatedPsp, create_psp
 from sevd_sim.psp.firmware import Firmware
 from sevd_sim.psp.identity import Identity
-from sevd_sim.psp.memory import READ_CHUNK, SPA_LIMIT, MachineMemory, OutOfRange, PhysicalMemory
+from sevd_sim.psp.memory import READ_CHUNK, MachineMemory, OutOfRange, PhysicalMemory
 
 BASE = 0x7A000000  # where the fake machine holds the guest's RAM
 RAM = 4 << 20

@@ -2,8 +2,9 @@
 
 import pytest
 
+from sevd.abi.units import PAGE_SIZE as PAGE
 from sevd.xen.hypervisor import HypervisorError
-from sevd_sim.psp.memory import PAGE, PhysicalMemory
+from sevd_sim.psp.memory import PhysicalMemory
 from sevd_sim.xen import SimulatedXen, coalesce
 
 

@@ -61,7 +61,11 @@ class FirmwareError(SevdError):
 
     def __init__(self, command: str, code: int | None = None, detail: str = ""):
         self.command = command
-        self.code = int(self.status) if code is None else code
+        if code is None:
+            if self.status is None:
+                raise TypeError(f"{type(self).__name__} names no status: give the code the firmware answered")
+            code = int(self.status)
+        self.code = code
         self.detail = detail
         super().__init__(str(self))
 

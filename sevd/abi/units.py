@@ -14,3 +14,8 @@ Asid = NewType("Asid", int)  # address-space id Xen bound to an SEV domain (CPUI
 DomId = NewType("DomId", int)  # Xen domain id
 Gpa = NewType("Gpa", int)  # guest-physical address
 Spa = NewType("Spa", int)  # system-physical (machine) address: what the PSP is given for guest memory
+
+NO_HANDLE = Handle(0)  # LAUNCH_START with handle 0 asks for a new guest context
+HANDLE_MAX = 0xFFFFFFFF  # a handle is a 32-bit field of the command buffers
+MAX_HANDLES = 1024  # guest contexts the firmware holds at once; one more LAUNCH_START is RESOURCE_LIMIT
+PHYS_ADDR_LIMIT = 1 << 52  # x86-64 physical addresses (guest- and system-) are below this

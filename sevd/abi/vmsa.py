@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-VMSA_SIZE = 4096
+from sevd.abi.commands import VMSA_SIZE
 
 # Offsets in the SEV-ES save area.
 _SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs", "gdtr", "ldtr", "idtr", "tr")  # 16 bytes each from 0x000

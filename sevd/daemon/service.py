@@ -28,6 +28,7 @@ import pyxs
 from sevd.abi.commands import FirmwareGuestState
 from sevd.abi.policy import Policy
 from sevd.abi.status import FirmwareError
+from sevd.abi.units import Asid, DomId, Gpa, Spa
 from sevd.backends import open_hypervisor, open_psp
 from sevd.config import Config
 from sevd.daemon.notify import listening, notify, setup_logging, watchdog_interval
@@ -37,7 +38,7 @@ from sevd.errors import DeviceError, InputError, SevdError
 from sevd.guest import GuestCommands
 from sevd.launch import (
     DECIDE_AGAIN,
-    NO_HANDLE,
+    NOT_ASKED,
     PUBLISHED_STEPS,
     XEN_STEPS,
     Action,
@@ -101,7 +102,7 @@ class LaunchFailed(SevdError):
 class _Pass:
     """One reconcile pass over one guest: what it observed, updated as the actions are performed."""
 
-    domid: int
+    domid: DomId
     record: GuestRecord | None
     alive: bool = True
     command: Command | BadCommand | None = None
@@ -121,7 +122,8 @@ def _failure(err: Exception) -> tuple[str, str]:
     if isinstance(err, (HypervisorError, LaunchFailed)):
         return getattr(err, "name", "XEN_ERROR"), getattr(err, "message", str(err))
     assert isinstance(err, DeviceError)
-    return f"DEVICE_{errno.errorcode.get(err.errno, err.errno)}", str(err)
+    code = err.errno or 0
+    return f"DEVICE_{errno.errorcode.get(code, code)}", str(err)
 
 
 def _clean(error: str) -> str:
@@ -144,17 +146,17 @@ class Daemon:
         self.stopping = threading.Event()
         self.xs: Xenstore | None = None
         self._poke_lock = threading.Lock()
-        self._active: set[int] = set()
-        self._again: set[int] = set()
+        self._active: set[DomId] = set()
+        self._again: set[DomId] = set()
         self._asid_lock = threading.Lock()
         self._published: dict[str, str] = {}  # platform values last written, to write only changes
         self._platform_status: Any = None  # the last PLATFORM_STATUS: api and build for the summaries
         # Requests taken (the node's text and its parse), until the guest is gone: a pass that reads
         # the same text again knows the request without parsing it.
-        self._requests: dict[int, tuple[str, proto.LaunchRequest]] = {}
+        self._requests: dict[DomId, tuple[str, proto.LaunchRequest]] = {}
         # Each guest's summary as published on this connection (or read after connecting), so a pass
         # neither re-reads it nor rewrites it unchanged.  Reset on reconnect: xenstored may have lost it.
-        self._summaries: dict[int, proto.GuestSummary] = {}
+        self._summaries: dict[DomId, proto.GuestSummary] = {}
         self._summaries_lock = threading.Lock()
         self._layout: dict[tuple[int, str], list[Any]] = {}  # image ranges and VMSA pages, during a launch
 
@@ -163,20 +165,22 @@ class Daemon:
     def psp(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.queue.call(fn, *args)
 
-    def _fields(self, rec: GuestRecord, status: str = "") -> dict[str, Any]:
-        fields = {"SEV_DOMID": rec.domid, "SEV_HANDLE": rec.handle, "SEV_ASID": rec.asid}
+    def _fields(self, rec: GuestRecord | None, status: str = "") -> dict[str, Any]:
+        if rec is None:
+            return {}
+        fields: dict[str, Any] = {"SEV_DOMID": rec.domid, "SEV_HANDLE": rec.handle, "SEV_ASID": rec.asid}
         if status:
             fields["SEV_STATUS"] = status
         return fields
 
     # -- the summary node ----------------------------------------------------------------------------------
 
-    def _remember(self, xs: Xenstore, domid: int, summary: proto.GuestSummary) -> None:
+    def _remember(self, xs: Xenstore, domid: DomId, summary: proto.GuestSummary) -> None:
         with self._summaries_lock:
             if self.xs is xs:  # not if a reconnect came in between: the new connection reads it afresh
                 self._summaries[domid] = summary
 
-    def _current(self, domid: int, names: set[str]) -> proto.GuestSummary | None:
+    def _current(self, domid: DomId, names: set[str]) -> proto.GuestSummary | None:
         """The guest's published summary: known, or read once (after a restart or reconnect)."""
         xs = self.xs
         assert xs is not None
@@ -194,7 +198,7 @@ class Daemon:
         self._remember(xs, domid, summary)
         return summary
 
-    def _publish(self, domid: int, summary: proto.GuestSummary) -> None:
+    def _publish(self, domid: DomId, summary: proto.GuestSummary) -> None:
         """Write the summary node: one write, skipped when it says what the node already says."""
         xs = self.xs
         assert xs is not None
@@ -203,7 +207,7 @@ class Daemon:
         xs.write(proto.guest_path(domid, "summary"), summary.format())
         self._remember(xs, domid, summary)
 
-    def _amend(self, domid: int, rec: GuestRecord | None = None, **changes: Any) -> proto.GuestSummary:
+    def _amend(self, domid: DomId, rec: GuestRecord | None = None, **changes: Any) -> proto.GuestSummary:
         """The published summary (or, if none is known, `rec`'s) with `changes`."""
         base = self._summaries.get(domid)
         if base is None:
@@ -236,7 +240,7 @@ class Daemon:
             error=error,
         )
 
-    def _answer(self, domid: int, command_text: str, summary: proto.GuestSummary | None = None) -> None:
+    def _answer(self, domid: DomId, command_text: str, summary: proto.GuestSummary | None = None) -> None:
         """Remove the command node if it still holds the command acted on (a newer one must survive) and
         publish the outcome, in one transaction: a reader sees the command gone and its result together."""
         xs = self.xs
@@ -256,7 +260,7 @@ class Daemon:
             assert summary is not None
             self._remember(xs, domid, summary)
 
-    def _domain_in_xenstore(self, domid: int) -> bool:
+    def _domain_in_xenstore(self, domid: DomId) -> bool:
         """On a real host a domain exists while xl's /local/domain/<domid> does (removed when it dies)."""
         assert self.xs is not None
         return self.xs.read(f"/local/domain/{domid}") is not None
@@ -343,11 +347,11 @@ class Daemon:
             return
         if len(parts) == 2 and parts[1] in DAEMON_NODES:
             return
-        self.poke(int(parts[0]))
+        self.poke(DomId(int(parts[0])))
 
-    def _known_domids(self) -> set[int]:
+    def _known_domids(self) -> set[DomId]:
         assert self.xs is not None
-        listed = {int(d) for d in self.xs.list(proto.GUESTS) if d.isdigit()}
+        listed = {DomId(int(d)) for d in self.xs.list(proto.GUESTS) if d.isdigit()}
         return listed | {r.domid for r in self.records.load_all()}
 
     def _shutdown(self) -> None:
@@ -359,7 +363,7 @@ class Daemon:
 
     # -- per-guest work ------------------------------------------------------------------------------------
 
-    def poke(self, domid: int) -> None:
+    def poke(self, domid: DomId) -> None:
         """Reconcile `domid` soon; pokes that arrive while it runs coalesce into one more pass."""
         with self._poke_lock:
             if domid in self._active:
@@ -368,7 +372,7 @@ class Daemon:
             self._active.add(domid)
         self.pool.submit(self._reconcile_loop, domid)
 
-    def _reconcile_loop(self, domid: int) -> None:
+    def _reconcile_loop(self, domid: DomId) -> None:
         while True:
             try:
                 self.reconcile(domid)
@@ -384,7 +388,7 @@ class Daemon:
                 self._active.discard(domid)
                 return
 
-    def reconcile(self, domid: int) -> None:
+    def reconcile(self, domid: DomId) -> None:
         """One pass: observe the guest, then perform what the launch core decides until it needs nothing more."""
         assert self.xs is not None
         p = _Pass(domid, self.records.load(domid), alive=self.hv.domain_exists(domid))
@@ -540,8 +544,9 @@ class Daemon:
             return lambda: self.make_sev_domain(rec.domid, rec.es).asid
         if step == Step.LAUNCH_START:
             godh, session = self._owner_session(rec.domid)
-            kwargs = {"godh_cert": godh, "session": session} if godh else {}
-            return lambda: g.launch_start(Policy(rec.policy), **kwargs)
+            if godh:
+                return lambda: g.launch_start(Policy(rec.policy), godh_cert=godh, session=session)
+            return lambda: g.launch_start(Policy(rec.policy))
         if step == Step.ACTIVATE:
             return lambda: g.activate(rec.handle, rec.asid)
         if step == Step.SEV_ENABLE:
@@ -611,7 +616,7 @@ class Daemon:
     def _invalid(problem: object) -> str:
         return proto.error_text("INVALID_REQUEST", str(problem))
 
-    def _ranges(self, rec: GuestRecord) -> list[tuple[int, int]]:
+    def _ranges(self, rec: GuestRecord) -> list[tuple[Spa, int]]:
         """The image's system-physical ranges, piece after piece (the order the owner measures in), asked
         of Xen once per launch pass (the paused domain's memory does not move meanwhile; GET_RANGES pins
         every frame it reports until the domain dies, so it is not asked per step)."""
@@ -619,17 +624,17 @@ class Daemon:
         if key not in self._layout:
             ranges = []
             for gpa, size in [(rec.image_gpa, rec.image_size), *rec.image_more]:
-                ranges += self.hv.guest_ranges(rec.domid, gpa, size)
+                ranges += self.hv.guest_ranges(rec.domid, Gpa(gpa), size)
             self._layout[key] = ranges
         return self._layout[key]
 
-    def _vmsa_pages(self, rec: GuestRecord) -> list[int]:
+    def _vmsa_pages(self, rec: GuestRecord) -> list[Spa]:
         key = (rec.domid, "vmsa")
         if key not in self._layout:
             self._layout[key] = self.hv.vmsa_pages(rec.domid)
         return self._layout[key]
 
-    def _owner_session(self, domid: int) -> tuple[bytes | None, bytes | None]:
+    def _owner_session(self, domid: DomId) -> tuple[bytes | None, bytes | None]:
         """The owner's session, as parsed when the request was taken (re-read after a restart)."""
         taken = self._requests.get(domid)
         if taken is not None:
@@ -645,7 +650,7 @@ class Daemon:
                 raise LaunchFailed("INVALID_REQUEST", str(exc)) from None
         return req.godh, req.session
 
-    def make_sev_domain(self, domid: int, es: bool):
+    def make_sev_domain(self, domid: DomId, es: bool):
         """Xen's fixed ASID for the domain; when none is free, flush dirty ones first (batched, as KVM does)."""
         with self._asid_lock:
             try:
@@ -657,7 +662,7 @@ class Daemon:
                 self.flush_asids(dirty)
                 return self.hv.make_sev_domain(domid, es)
 
-    def flush_asids(self, dirty: list[int]) -> None:
+    def flush_asids(self, dirty: list[Asid]) -> None:
         self.hv.wbinvd_all_cpus()
         fault_point("before", "DF_FLUSH")
         self.psp(self.guest.df_flush)
@@ -706,7 +711,7 @@ class Daemon:
             if rec.pending is None:
                 continue
             status = self.psp(self.guest.guest_status, rec.handle) if rec.handle else None
-            seen = FirmwareStatus(status.state, status.asid) if status is not None else NO_HANDLE
+            seen = FirmwareStatus(status.state, status.asid) if status is not None else NOT_ASKED
             resolution = resolve(rec.pending, seen, rec)
             self.log.info("domain %d: recovering step %s (%s)", rec.domid, rec.pending, resolution.value)
             p = _Pass(rec.domid, rec)

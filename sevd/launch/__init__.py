@@ -3,7 +3,7 @@ the daemon's shell to perform.  No xenstore, ioctl, file or thread in here."""
 
 from sevd.launch.core import (
     DECIDE_AGAIN,
-    NO_HANDLE,
+    NOT_ASKED,
     Action,
     Amend,
     Answer,
@@ -56,7 +56,7 @@ __all__ = [
     "FAILED",
     "LAUNCH_SEQUENCE",
     "LEGACY_STEP_NAMES",
-    "NO_HANDLE",
+    "NOT_ASKED",
     "PUBLISHED_STEPS",
     "RECOVERY",
     "TEARDOWN_STEPS",

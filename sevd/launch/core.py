@@ -13,6 +13,7 @@ import base64
 import dataclasses
 
 from sevd.abi.commands import FirmwareGuestState
+from sevd.abi.units import NO_HANDLE, Asid, Handle
 from sevd.launch.record import GuestRecord, Launch, Layout
 from sevd.launch.states import LAUNCH_SEQUENCE, PUBLISHED_STEPS, Command, GuestState, Step
 from sevd.launch.tables import (
@@ -36,7 +37,7 @@ class FirmwareStatus:
     asid: int = 0
 
 
-NO_HANDLE = FirmwareStatus(None)
+NOT_ASKED = FirmwareStatus(None)  # no GUEST_STATUS asked: the record holds no handle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,9 +254,9 @@ def complete(record: GuestRecord, step: Step, result: StepResult = None, layout:
     """
     changes: dict[str, object] = {"step": step, "state": transition(record.state, step)}
     if step == Step.MAKE_SEV:
-        changes["asid"] = _number(step, result)
+        changes["asid"] = Asid(_number(step, result))
     elif step == Step.LAUNCH_START:
-        changes["handle"] = _number(step, result)
+        changes["handle"] = Handle(_number(step, result))
     elif step == Step.LAUNCH_UPDATE_DATA:
         changes["ranges_done"] = record.ranges_done + 1
     elif step == Step.LAUNCH_UPDATE_VMSA:
@@ -284,7 +285,7 @@ def teardown(record: GuestRecord, status: FirmwareStatus) -> list[Action]:
         return []
     if status.state is not None and status.state != FirmwareGuestState.INVALID:
         return [*([Issue(Step.DEACTIVATE)] if status.asid else []), Issue(Step.DECOMMISSION)]
-    return [Save(dataclasses.replace(record, handle=0))]  # already gone from the firmware
+    return [Save(dataclasses.replace(record, handle=NO_HANDLE))]  # already gone from the firmware
 
 
 def fail(record: GuestRecord, name: str, message: str) -> list[Action]:
@@ -324,7 +325,7 @@ def decide(
     """What to do next for one guest.
 
     `record` is the journal's; `request` and `command` the toolstack's nodes (None: absent); `guest_status`
-    is given only after a restart, for a record with a step in flight (NO_HANDLE when it holds no handle);
+    is given only after a restart, for a record with a step in flight (NOT_ASKED when it holds no handle);
     `published` is the summary as last written; `layout` the launch's range and VMSA counts, once asked.
     """
     if record is not None and record.pending is not None and guest_status is not None:

@@ -8,24 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 
+from sevd.abi.units import NO_HANDLE, Asid, DomId, Gpa, Handle
 from sevd.launch.states import GuestState, Step
 
 
 @dataclasses.dataclass
 class GuestRecord:
-    domid: int
+    domid: DomId
     generation: int
     policy: int
     es: bool
     attest: bool
-    image_gpa: int
+    image_gpa: Gpa
     image_size: int
     state: GuestState = GuestState.QUEUED
     image_more: list[list[int]] = dataclasses.field(default_factory=list)  # further [gpa, size] pieces
     step: Step | None = None  # last step completed; None before the first
     pending: Step | None = None  # step in flight: it may or may not have reached the firmware
-    handle: int = 0
-    asid: int = 0
+    handle: Handle = NO_HANDLE
+    asid: Asid = Asid(0)  # none bound yet
     ranges_done: int = 0
     vmsas_done: int = 0
     measurement: str | None = None  # base64 of measure(32) || mnonce(16)
@@ -43,12 +44,12 @@ class GuestRecord:
 class Launch:
     """What a valid request node asks for (the shell parses the node; the core never sees xenstore)."""
 
-    domid: int
+    domid: DomId
     generation: int
     policy: int
     es: bool
     attest: bool
-    image_gpa: int
+    image_gpa: Gpa
     image_size: int
     image_more: tuple[tuple[int, int], ...] = ()
     name: str | None = None

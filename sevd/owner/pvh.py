@@ -37,9 +37,8 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sevd.abi.units import PAGE_SIZE
 from sevd.errors import InputError
-
-PAGE_SIZE = 4096
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _DECOMPRESS_MAX = 1 << 30  # libxenguest's XC_DOM_DECOMPRESS_MAX: larger gzip trailer sizes are not believed

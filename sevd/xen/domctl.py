@@ -21,15 +21,15 @@ from typing import Any
 
 from cffi import FFI
 
+from sevd.abi.units import PAGE_SIZE as PAGE
+from sevd.abi.units import Asid, DomId, Gpa, Spa
 from sevd.xen.hypervisor import HypervisorError, SevDomain
-
-PAGE = 4096
 
 # Xen 4.17's domctl interface version; the patches keep it, so Debian's tools still work.
 XEN_DOMCTL_INTERFACE_VERSION = 0x00000015
 HYPERVISOR_DOMCTL = 36  # __HYPERVISOR_domctl
 XEN_DOMCTL_SEV_OP = 87  # XEN_DOMCTL_sev_op
-DOMID_INVALID = 0x7FF4
+DOMID_INVALID = DomId(0x7FF4)
 
 # Sub-ops (struct xen_domctl_sev_op.op).
 SEV_INFO = 0
@@ -179,12 +179,12 @@ class SevInfo:
     es: bool
     cbit: int
     phys_reduction: int
-    max_asid: int
-    min_sev_asid: int
-    dirty: tuple[int, ...]
+    max_asid: Asid
+    min_sev_asid: Asid
+    dirty: tuple[Asid, ...]
 
 
-def ovmf_layout(image_size: int = 2 << 20) -> Callable[[int], tuple[int, int]]:
+def ovmf_layout(image_size: int = 2 << 20) -> Callable[[DomId], tuple[int, int]]:
     """Boot image at the top of the guest's first 4 GiB (where OVMF lives), as the simulated Xen places it."""
     frames = -(-image_size // PAGE)
     return lambda domid: ((1 << 32) // PAGE - frames, frames)
@@ -201,8 +201,8 @@ class DomctlXen:
     def __init__(
         self,
         lib: Any = None,
-        image_frames: Callable[[int], tuple[int, int]] | None = None,
-        exists: Callable[[int], bool] | None = None,
+        image_frames: Callable[[DomId], tuple[int, int]] | None = None,
+        exists: Callable[[DomId], bool] | None = None,
     ):
         if lib is None:
             try:
@@ -238,13 +238,13 @@ class DomctlXen:
 
     def _sev_op(
         self,
-        domid: int,
+        domid: DomId,
         op: int,
         what: str,
         fill: Callable[[Any], None] | None = None,
         flags: int = 0,
         hints: dict[int, str] | None = None,
-    ):
+    ) -> Any:
         """Issue one sub-op; returns a copy of the struct xen_domctl as Xen left it."""
         domctl = self._buffer("struct xen_domctl", 1)
         try:
@@ -287,21 +287,21 @@ class DomctlXen:
                 es=bool(out.flags & SEV_INFO_ES),
                 cbit=out.cbit,
                 phys_reduction=out.phys_reduction,
-                max_asid=out.max_asid,
-                min_sev_asid=out.min_sev_asid,
-                dirty=tuple(dirty[i] for i in range(min(out.nr_dirty, room))),
+                max_asid=Asid(out.max_asid),
+                min_sev_asid=Asid(out.min_sev_asid),
+                dirty=tuple(Asid(dirty[i]) for i in range(min(out.nr_dirty, room))),
             )
         finally:
             self._free(dirty)
 
-    def make_sev_domain(self, domid: int, es: bool) -> SevDomain:
+    def make_sev_domain(self, domid: DomId, es: bool) -> SevDomain:
         out = self._sev_op(domid, SEV_MAKE_SEV, "MAKE_SEV", flags=SEV_FLAG_ES if es else 0)
         make = out.u.sev_op.u.make
-        return SevDomain(domid, make.asid, make.cbit)
+        return SevDomain(domid, Asid(make.asid), make.cbit)
 
-    def frame_ranges(self, domid: int, gfn: int, nr_frames: int) -> list[tuple[int, int]]:
+    def frame_ranges(self, domid: DomId, gfn: int, nr_frames: int) -> list[tuple[Spa, int]]:
         """System-physical (start, length) runs of guest frames gfn..gfn+nr_frames-1, coalesced; Xen pins them."""
-        runs: list[tuple[int, int]] = []
+        runs: list[tuple[Spa, int]] = []
         room = RANGES_MAX_FRAMES
         ranges = self._buffer("struct xen_sev_range", room)
         try:
@@ -318,7 +318,7 @@ class DomctlXen:
                 if out.nr_frames == 0 or out.nr_frames > ask:
                     raise HypervisorError(f"GET_RANGES for domain {domid} covered {out.nr_frames} of {ask} frames")
                 for i in range(out.nr_ranges):
-                    spa, length = ranges[i].spa, ranges[i].len
+                    spa, length = Spa(ranges[i].spa), int(ranges[i].len)
                     if runs and runs[-1][0] + runs[-1][1] == spa:  # contiguous across calls
                         runs[-1] = (runs[-1][0], runs[-1][1] + length)
                     else:
@@ -329,38 +329,38 @@ class DomctlXen:
         finally:
             self._free(ranges)
 
-    def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
+    def boot_image_ranges(self, domid: DomId) -> list[tuple[Spa, int]]:
         gfn, frames = self.image_frames(domid)
         return self.frame_ranges(domid, gfn, frames)
 
-    def guest_ranges(self, domid: int, gpa: int, length: int) -> list[tuple[int, int]]:
+    def guest_ranges(self, domid: DomId, gpa: Gpa, length: int) -> list[tuple[Spa, int]]:
         """The bytes [gpa, gpa+length) of the guest as system-physical runs (first and last page trimmed)."""
         if gpa < 0 or length <= 0:
             raise HypervisorError(f"domain {domid}: [{gpa:#x}, +{length:#x}) is not a guest range")
         first, last = gpa // PAGE, (gpa + length - 1) // PAGE
         runs = self.frame_ranges(domid, first, last - first + 1)
         head, tail = gpa % PAGE, (last + 1) * PAGE - (gpa + length)
-        runs[0] = (runs[0][0] + head, runs[0][1] - head)
+        runs[0] = (Spa(runs[0][0] + head), runs[0][1] - head)
         runs[-1] = (runs[-1][0], runs[-1][1] - tail)
         return runs
 
-    def vmsa_pages(self, domid: int) -> list[int]:
+    def vmsa_pages(self, domid: DomId) -> list[Spa]:
         raise HypervisorError(
             f"domain {domid}: SEV-ES VMSA pages are not exposed by XEN_DOMCTL_sev_op yet (see docs/xen.md)"
         )
 
-    def dirty_asids(self) -> list[int]:
+    def dirty_asids(self) -> list[Asid]:
         return list(self.info().dirty)
 
-    def domain_exists(self, domid: int) -> bool:
+    def domain_exists(self, domid: DomId) -> bool:
         if self.exists is None:
             raise HypervisorError("DomctlXen was built without a way to tell whether a domain exists")
         return self.exists(domid)
 
-    def enable_sev(self, domid: int) -> None:
+    def enable_sev(self, domid: DomId) -> None:
         self._sev_op(domid, SEV_ENABLE, "ENABLE")
 
-    def asids_flushed(self, asids: list[int]) -> None:
+    def asids_flushed(self, asids: list[Asid]) -> None:
         for start in range(0, len(asids), FLUSHED_MAX):
             chunk = asids[start : start + FLUSHED_MAX]
             count = len(chunk)
@@ -382,7 +382,7 @@ class DomctlXen:
         after DEACTIVATE and before DF_FLUSH (which otherwise answers WBINVD_REQUIRED)."""
         self._sev_op(DOMID_INVALID, SEV_WBINVD, "WBINVD")
 
-    def check_spa(self, asid: int, spa: int, length: int) -> None:
+    def check_spa(self, asid: Asid, spa: Spa, length: int) -> None:
         """What Dom0's kernel asks before the PSP touches guest memory: is this RAM of the SEV guest with `asid`?"""
         while length > 0:
             n = min(length, CHECK_MAX)
@@ -393,10 +393,10 @@ class DomctlXen:
                 u.check.len = n
 
             self._sev_op(DOMID_INVALID, SEV_CHECK_SPA, "CHECK_SPA", fill)
-            spa += n
+            spa = Spa(spa + n)
             length -= n
 
-    def read_spa(self, asid: int, spa: int, length: int) -> bytes:
+    def read_spa(self, asid: Asid, spa: Spa, length: int) -> bytes:
         """sev=test only: the bytes [spa, spa+length) of the SEV guest holding `asid`, for the PSP simulated
         in Dom0, which like the real one is handed machine addresses.  Xen checks them as for CHECK_SPA."""
         if length < 0 or spa < 0:
@@ -419,7 +419,7 @@ class DomctlXen:
 
                 what = f"READ_SPA of [{spa + done:#x}, +{n:#x}) for ASID {asid}"
                 self._sev_op(DOMID_INVALID, SEV_READ_SPA, what, fill, hints=_READ_HINTS)
-                out[done : done + n] = ffi.buffer(buf, n)
+                out[done : done + n] = ffi.buffer(buf, n)[:]
                 done += n
             return bytes(out)
         finally:

@@ -4,14 +4,18 @@ docs/xenstore-protocol.md is the prose of this module.  Everything lives under /
 Dom0 with permissions "n0": no guest can read or write any of it, its own nodes included.
 
     /sevd/daemon/{ready,pid}                          daemon
-    /sevd/platform/{api,build,state,owner,es,guests,free-sev-asids,free-es-asids}   daemon
+    /sevd/platform/{api,build,state,owner,es,guests}  daemon: PLATFORM_STATUS (`PlatformNodes`)
     /sevd/guest/<domid>/request                       toolstack: the launch request, one node (`LaunchRequest`)
-    /sevd/guest/<domid>/secret/{header,data,gpa}      toolstack (the owner's packet; removed after use)
+    /sevd/guest/<domid>/secret/{header,data,gpa}      toolstack (the owner's packet, `SecretPacket`; removed after use)
     /sevd/guest/<domid>/command                       toolstack: "inject-secret" | "finish" | "destroy"
     /sevd/guest/<domid>/summary                       daemon: everything it publishes, one node (`GuestSummary`)
 
 `request` and `summary` are versioned lines of `key=value` pairs separated by single spaces, so each
 is written in one request and read in one request: a reader never sees half of a transition.
+
+Each message is one `Layout`: a tuple of `Field(key, attribute, codec, ...)` in wire order.  Parsing and
+formatting are generated from it; a codec turns one value into text and back, and refuses bad text with
+an InputError that names the node and the key (`request image-gpa: ...`, `secret/gpa: ...`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import enum
 import re
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Literal, TypeVar
 
-from sevd.abi.commands import CERT_SIZE, PACKET_HEADER_SIZE, SECRET_MAX_LEN, SESSION_SIZE
+from sevd.abi.commands import CERT_SIZE, MEASUREMENT_SIZE, PACKET_HEADER_SIZE, SECRET_MAX_LEN, SESSION_SIZE
+from sevd.abi.commands import PlatformState as PspPlatformState
 from sevd.abi.policy import Policy
+from sevd.abi.units import HANDLE_MAX, PAGE_SIZE, PHYS_ADDR_LIMIT, Asid, DomId, Gpa, Handle
 from sevd.errors import InputError
 from sevd.launch import LAUNCH_SEQUENCE, LEGACY_STEP_NAMES, PUBLISHED_STEPS, Command, GuestState
 
@@ -36,10 +45,8 @@ PLATFORM = f"{ROOT}/platform"
 GUESTS = f"{ROOT}/guest"
 RELEASE_DOMAIN = "@releaseDomain"
 
-PLATFORM_KEYS = ("api", "build", "state", "owner", "es", "guests", "free-sev-asids", "free-es-asids")
 
-
-def guest_path(domid: int, *parts: str) -> str:
+def guest_path(domid: DomId, *parts: str) -> str:
     return "/".join((GUESTS, str(domid), *parts))
 
 
@@ -50,6 +57,10 @@ def guest_path(domid: int, *parts: str) -> str:
 VERSION = 1
 LAUNCH_STEPS = tuple(str(step) for step in LAUNCH_SEQUENCE)
 STEPS = tuple(str(step) for step in PUBLISHED_STEPS)  # the summary's `step`: the last one done
+
+MAX_IMAGE = 1 << 30
+MAX_IMAGE_PIECES = 16
+ERROR_MAX = 1024  # the summary's `error`, in characters
 
 _HEX_OR_DEC = re.compile(r"^(0x[0-9a-fA-F]{1,16}|[0-9]{1,20})$")
 _API = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}$")
@@ -65,20 +76,18 @@ def parse_pairs(node: str, text: str, last: str | None = None) -> dict[str, str]
     """
     if not text.isprintable():
         raise InputError(f"{node}: holds a control character (one line of key=value pairs expected)")
-    free = None
+    pairs: list[tuple[str, str, str]] = []
     if last is not None:  # other values hold no space, so " last=" can only begin the free-text pair
         text, found, free = text.partition(f" {last}=")
-        free = free if found else None
+        if found:
+            pairs.append((last, "=", free))
     version, *tokens = text.split(" ")
     if not version.startswith("v="):
         raise InputError(f"{node}: must start with the version v={VERSION}, got {version[:32]!r}")
     if version != f"v={VERSION}":
         raise InputError(f"{node}: version {version[2:34]!r} is not understood (this sevd speaks v={VERSION})")
     fields: dict[str, str] = {}
-    pairs = [token.partition("=") for token in tokens]
-    if free is not None:
-        pairs.append((last, "=", free))
-    for key, eq, value in pairs:
+    for key, eq, value in [token.partition("=") for token in tokens] + pairs:
         if not eq or not key:
             raise InputError(f"{node}: {key[:32]!r} is not key=value (pairs are separated by one space)")
         if not value:
@@ -89,9 +98,56 @@ def parse_pairs(node: str, text: str, last: str | None = None) -> dict[str, str]
     return fields
 
 
-def format_pairs(fields: dict[str, str]) -> str:
+def format_pairs(fields: Mapping[str, str]) -> str:
     """The inverse of parse_pairs: version first, then `fields` in order (put a free-text key last)."""
     return " ".join([f"v={VERSION}", *(f"{key}={value}" for key, value in fields.items())])
+
+
+# -- codecs: one kind of value as text -----------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec(Generic[T]):
+    """How one kind of value travels as text.
+
+    `parse(name, text)` returns the value or raises InputError starting with `name` (the node and key);
+    `format(value)` is its text, which `parse` accepts.
+    """
+
+    parse: Callable[[str, str], T]
+    format: Callable[[T], str]
+
+
+def _int(name: str, text: str, lo: int, hi: int) -> int:
+    if not _HEX_OR_DEC.match(text):
+        raise InputError(f"{name}: {text[:32]!r} is not a decimal or 0x-hex integer")
+    value = int(text, 0)
+    if not lo <= value <= hi:
+        raise InputError(f"{name}: {value} is outside {lo}..{hi}")
+    return value
+
+
+def integer(lo: int, hi: int, *, hex_out: bool = False, align: int = 1, what: str = "") -> Codec[int]:
+    """A decimal or 0x-hex integer in lo..hi (written in hex when `hex_out`); `align`: it must be a multiple."""
+
+    def parse(name: str, text: str) -> int:
+        value = _int(name, text, lo, hi)
+        if value % align:
+            raise InputError(f"{name}: must be {what} aligned")
+        return value
+
+    return Codec(parse, (lambda value: f"0x{value:x}") if hex_out else str)
+
+
+def _flag(name: str, text: str) -> bool:
+    if text not in ("0", "1"):
+        raise InputError(f"{name}: must be 0 or 1, got {text[:16]!r}")
+    return text == "1"
+
+
+FLAG: Codec[bool] = Codec(_flag, lambda value: "1" if value else "0")
 
 
 def _b64(name: str, text: str, size: int | None = None, max_size: int | None = None) -> bytes:
@@ -106,31 +162,83 @@ def _b64(name: str, text: str, size: int | None = None, max_size: int | None = N
     return data
 
 
-def _int(name: str, text: str, lo: int, hi: int) -> int:
-    if not _HEX_OR_DEC.match(text):
-        raise InputError(f"{name}: {text[:32]!r} is not a decimal or 0x-hex integer")
-    value = int(text, 0)
-    if not lo <= value <= hi:
-        raise InputError(f"{name}: {value} is outside {lo}..{hi}")
-    return value
+def blob(size: int | None = None, *, max_size: int | None = None, multiple: int = 1) -> Codec[bytes]:
+    """Bytes as base64: exactly `size` of them, or 1..`max_size` in a multiple of `multiple`."""
+
+    def parse(name: str, text: str) -> bytes:
+        data = _b64(name, text, size, max_size)
+        if len(data) % multiple:
+            raise InputError(f"{name}: length {len(data)} is not a multiple of {multiple}")
+        return data
+
+    return Codec(parse, lambda data: base64.b64encode(data).decode())
 
 
-def _flag(name: str, text: str) -> bool:
-    if text not in ("0", "1"):
-        raise InputError(f"{name}: must be 0 or 1, got {text[:16]!r}")
-    return text == "1"
+def checked_text(inner: Codec[Any]) -> Codec[str]:
+    """Text kept as written once `inner` accepts it (the summary's measurement: base64 the readers pass on)."""
+
+    def parse(name: str, text: str) -> str:
+        inner.parse(name, text)
+        return text
+
+    return Codec(parse, str)
 
 
-REQUEST_KEYS = (
-    "generation", "name", "policy", "es", "attest", "image-gpa", "image-size", "image-more", "godh", "session",
-)  # fmt: skip
-MAX_IMAGE = 1 << 30
-MAX_IMAGE_PIECES = 16
+def pattern(regex: re.Pattern[str], what: str) -> Codec[str]:
+    def parse(name: str, text: str) -> str:
+        if not regex.match(text):
+            raise InputError(f"{name}: {text[:32]!r} is not {what}")
+        return text
+
+    return Codec(parse, str)
 
 
-def _image_more(text: str) -> tuple[tuple[int, int], ...]:
+def one_of(values: tuple[str, ...]) -> Codec[str]:
+    def parse(name: str, text: str) -> str:
+        if text not in values:
+            raise InputError(f"{name}: {text[:32]!r} is not one of {', '.join(values)}")
+        return text
+
+    return Codec(parse, str)
+
+
+def _step(name: str, text: str) -> str:
+    """A launch step's name; an older sevd's name for it reads as today's."""
+    return one_of(STEPS).parse(name, str(LEGACY_STEP_NAMES.get(text, text)))
+
+
+STEP: Codec[str] = Codec(_step, str)
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def enum_codec(kind: type[E], *, by: Literal["value", "name"] = "value") -> Codec[E]:
+    """An enum member by its value (GuestState: `running`) or its name (PlatformState: `WORKING`)."""
+    table = {str(member.value if by == "value" else member.name): member for member in kind}
+
+    def parse(name: str, text: str) -> E:
+        if text not in table:
+            raise InputError(f"{name}: {text[:32]!r} is not one of {', '.join(table)}")
+        return table[text]
+
+    return Codec(parse, lambda member: str(member.value if by == "value" else member.name))
+
+
+def _policy(name: str, text: str) -> Policy:
+    try:
+        return Policy.parse(_int(name, text, 0, 0xFFFFFFFF))
+    except InputError as exc:
+        message = str(exc)
+        raise InputError(message if message.startswith(name) else f"{name}: {message}") from None
+
+
+POLICY: Codec[Policy] = Codec(_policy, str)
+TEXT: Codec[str] = Codec(lambda name, text: text, str)
+
+
+def _image_pieces(name: str, text: str) -> tuple[tuple[Gpa, int], ...]:
     """`GPA+SIZE` pieces separated by commas, each page-aligned and non-empty."""
-    name = "request image-more"
     pieces = text.split(",")
     if not 1 <= len(pieces) < MAX_IMAGE_PIECES:
         raise InputError(f"{name}: give 1..{MAX_IMAGE_PIECES - 1} GPA+SIZE pieces separated by commas")
@@ -139,12 +247,18 @@ def _image_more(text: str) -> tuple[tuple[int, int], ...]:
         gpa_text, plus, size_text = piece.partition("+")
         if not plus:
             raise InputError(f"{name}: {piece[:40]!r} is not GPA+SIZE")
-        gpa = _int(name, gpa_text, 0, 2**52)
+        gpa = _int(name, gpa_text, 0, PHYS_ADDR_LIMIT)
         size = _int(name, size_text, 1, MAX_IMAGE)
-        if gpa % 4096:
+        if gpa % PAGE_SIZE:
             raise InputError(f"{name}: {gpa:#x} is not page aligned")
-        out.append((gpa, size))
+        out.append((Gpa(gpa), size))
     return tuple(out)
+
+
+IMAGE_PIECES: Codec[tuple[tuple[Gpa, int], ...]] = Codec(
+    _image_pieces, lambda pieces: ",".join(f"0x{gpa:x}+0x{size:x}" for gpa, size in pieces)
+)
+NAME = pattern(_NAME, "1-64 printable ASCII characters without spaces")
 
 
 def fits_name(name: str) -> bool:
@@ -152,10 +266,94 @@ def fits_name(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
-def _name(node: str, text: str) -> str:
-    if not _NAME.match(text):
-        raise InputError(f"{node} name: {text[:32]!r} is not 1-64 printable ASCII characters without spaces")
-    return text
+# -- layouts: one message as a tuple of fields ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One key of a message: its `key` on the wire, the `attr` of the Python value and the `codec` between them.
+
+    Absent from the wire, a `required` field is refused ("missing"); another takes `default`.  A value of
+    None or () is left out when the message is written.
+    """
+
+    key: str
+    attr: str
+    codec: Codec[Any]
+    required: bool = False
+    default: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A message: its fields in wire order, and how its errors name them (`request image-gpa`, `secret/gpa`)."""
+
+    node: str
+    fields: tuple[Field, ...]
+    separator: str = " "
+    unknown: Literal["refuse", "skip"] = "skip"
+    free_text: str | None = None  # the one key whose value may hold spaces; it is the last field
+
+    def __post_init__(self) -> None:
+        keys = [f.key for f in self.fields]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{self.node}: a key is given twice in {keys}")
+        if self.free_text is not None and keys[-1] != self.free_text:
+            raise ValueError(f"{self.node}: the free-text key {self.free_text} must come last")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f.key for f in self.fields)
+
+    def name(self, key: str) -> str:
+        return f"{self.node}{self.separator}{key}"
+
+    def decode(self, texts: Mapping[str, str]) -> dict[str, Any]:
+        """`texts` (key -> text) as the attributes' values; the first bad one is refused, in wire order."""
+        if self.unknown == "refuse":
+            unknown = set(texts) - set(self.keys)
+            if unknown:
+                raise InputError(f"{self.node}: unknown key(s) {', '.join(sorted(k[:32] for k in unknown))}")
+        values: dict[str, Any] = {}
+        for f in self.fields:
+            if f.key in texts:
+                values[f.attr] = f.codec.parse(self.name(f.key), texts[f.key])
+            elif f.required:
+                raise InputError(f"{self.name(f.key)}: missing")
+            else:
+                values[f.attr] = f.default
+        return values
+
+    def encode(self, message: object) -> dict[str, str]:
+        """The message's values as text, keyed and ordered as on the wire; None and () are left out."""
+        texts: dict[str, str] = {}
+        for f in self.fields:
+            value = getattr(message, f.attr)
+            if value is None or value == ():
+                continue
+            text = f.codec.format(value)
+            if not text:
+                raise ValueError(f"{self.name(f.key)}: empty")
+            texts[f.key] = text
+        return texts
+
+    def check(self, cls: type[Any]) -> None:
+        """That every field names an attribute of `cls` (run once, where the message is defined)."""
+        attrs = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.attr for f in self.fields if f.attr not in attrs]
+        if missing:
+            raise TypeError(f"{cls.__name__} has no attribute(s) {missing} that its {self.node} layout names")
+
+
+def request_generation(text: str) -> int | None:
+    """The generation of a request node, found even in one refused for another reason (so sevd can ack it)."""
+    match = _GENERATION.search(text)
+    if match is None or not 1 <= int(match.group(1)) <= 2**63:
+        return None
+    return int(match.group(1))
+
+
+# -- the messages ---------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,96 +367,74 @@ class LaunchRequest:
         v=1 generation=1 name=web1 policy=0x00000001 es=0 attest=1 image-gpa=0xffe00000 image-size=2097152 godh=…
     """
 
-    domid: int
+    domid: DomId
     generation: int
     policy: Policy
     es: bool
     attest: bool
-    image_gpa: int
+    image_gpa: Gpa
     image_size: int
     godh: bytes | None = None
     session: bytes | None = None
     name: str | None = None
     # Further (gpa, size) pieces of the image, measured in order after the first: a PVH guest's
     # ramdisk lies past a start-info page the toolstack puts between it and the kernel.
-    image_more: tuple[tuple[int, int], ...] = ()
+    image_more: tuple[tuple[Gpa, int], ...] = ()
 
     @property
-    def image_ranges(self) -> tuple[tuple[int, int], ...]:
+    def image_ranges(self) -> tuple[tuple[Gpa, int], ...]:
         return ((self.image_gpa, self.image_size), *self.image_more)
 
     @classmethod
-    def parse_text(cls, domid: int, text: str) -> LaunchRequest:
-        return cls.parse(domid, parse_pairs("request", text))
+    def parse_text(cls, domid: DomId, text: str) -> LaunchRequest:
+        return cls.parse(domid, parse_pairs(REQUEST.node, text))
 
     @classmethod
-    def parse(cls, domid: int, fields: dict[str, str]) -> LaunchRequest:
+    def parse(cls, domid: DomId, fields: Mapping[str, str]) -> LaunchRequest:
         """`fields` maps the request's keys to their values; errors name the key and the problem."""
-
-        def need(key: str) -> str:
-            if key not in fields:
-                raise InputError(f"request {key}: missing")
-            return fields[key]
-
-        unknown = set(fields) - set(REQUEST_KEYS)
-        if unknown:
-            raise InputError(f"request: unknown key(s) {', '.join(sorted(k[:32] for k in unknown))}")
-        generation = _int("request generation", need("generation"), 1, 2**63)
-        try:
-            policy = Policy.parse(_int("request policy", need("policy"), 0, 0xFFFFFFFF))
-        except InputError as exc:
-            raise InputError(f"request policy: {exc}") from None
-        es = _flag("request es", fields.get("es", "0"))
-        if es != policy.is_es():
+        request = cls(domid=domid, **REQUEST.decode(fields))
+        if request.es != request.policy.is_es():
             raise InputError("request es: must equal the policy's ES bit")
-        attest = _flag("request attest", fields.get("attest", "0"))
-        godh = session = None
-        if "godh" in fields or "session" in fields:
-            godh = _b64("request godh", need("godh"), CERT_SIZE)
-            session = _b64("request session", need("session"), SESSION_SIZE)
-        image_gpa = _int("request image-gpa", need("image-gpa"), 0, 2**52)
-        image_size = _int("request image-size", need("image-size"), 1, MAX_IMAGE)
-        if image_gpa % 4096:
-            raise InputError("request image-gpa: must be page aligned")
-        name = _name("request", fields["name"]) if "name" in fields else None
-        image_more = _image_more(fields["image-more"]) if "image-more" in fields else ()
-        ranges = sorted(((image_gpa, image_size), *image_more))
+        if (request.godh is None) != (request.session is None):
+            raise InputError(f"request {'godh' if request.godh is None else 'session'}: missing (give both or neither)")
+        ranges = sorted(request.image_ranges)
         if sum(size for _, size in ranges) > MAX_IMAGE:
             raise InputError(f"request image-more: the image's pieces add up to more than {MAX_IMAGE} bytes")
         for (gpa, size), (next_gpa, _) in zip(ranges, ranges[1:], strict=False):
             if gpa + size > next_gpa:
                 raise InputError(f"request image-more: the piece at {next_gpa:#x} overlaps the one at {gpa:#x}")
-        return cls(domid, generation, policy, es, attest, image_gpa, image_size, godh, session, name, image_more)
+        return request
 
     def to_fields(self) -> dict[str, str]:
-        fields = {"generation": str(self.generation)}
-        if self.name is not None:
-            fields["name"] = self.name
-        fields |= {
-            "policy": str(self.policy),
-            "es": "1" if self.es else "0",
-            "attest": "1" if self.attest else "0",
-            "image-gpa": f"0x{self.image_gpa:x}",
-            "image-size": str(self.image_size),
-        }
-        if self.image_more:
-            fields["image-more"] = ",".join(f"0x{gpa:x}+0x{size:x}" for gpa, size in self.image_more)
-        if self.godh is not None and self.session is not None:
-            fields["godh"] = base64.b64encode(self.godh).decode()
-            fields["session"] = base64.b64encode(self.session).decode()
-        return fields
+        return REQUEST.encode(self)
 
     def format(self) -> str:
         """The toolstack's side: the `request` node's value."""
         return format_pairs(self.to_fields())
 
 
-def request_generation(text: str) -> int | None:
-    """The generation of a request node, found even in one refused for another reason (so sevd can ack it)."""
-    match = _GENERATION.search(text)
-    if match is None or not 1 <= int(match.group(1)) <= 2**63:
-        return None
-    return int(match.group(1))
+REQUEST = Layout(
+    "request",
+    (
+        Field("generation", "generation", integer(1, 2**63), required=True),
+        Field("name", "name", NAME),
+        Field("policy", "policy", POLICY, required=True),
+        Field("es", "es", FLAG, default=False),
+        Field("attest", "attest", FLAG, default=False),
+        Field(
+            "image-gpa",
+            "image_gpa",
+            integer(0, PHYS_ADDR_LIMIT, hex_out=True, align=PAGE_SIZE, what="page"),
+            required=True,
+        ),
+        Field("image-size", "image_size", integer(1, MAX_IMAGE), required=True),
+        Field("image-more", "image_more", IMAGE_PIECES, default=()),
+        Field("godh", "godh", blob(CERT_SIZE)),
+        Field("session", "session", blob(SESSION_SIZE)),
+    ),
+    unknown="refuse",
+)
+REQUEST.check(LaunchRequest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,8 +453,8 @@ class GuestSummary:
     ack: int | None = None
     name: str | None = None
     step: str | None = None
-    handle: int | None = None
-    asid: int | None = None
+    handle: Handle | None = None
+    asid: Asid | None = None
     api: str | None = None
     build: int | None = None
     policy: Policy | None = None
@@ -288,112 +464,109 @@ class GuestSummary:
     @classmethod
     def parse(cls, text: str) -> GuestSummary:
         """Refuses malformed content with InputError naming the key; keys it does not know are skipped."""
-        fields = parse_pairs("summary", text, last="error")
-        state = None
-        if "state" in fields:
-            try:
-                state = GuestState(fields["state"])
-            except ValueError:
-                known = ", ".join(s.value for s in GuestState)
-                raise InputError(f"summary state: {fields['state'][:32]!r} is not one of {known}") from None
-        step = fields.get("step")
-        if step is not None:
-            step = LEGACY_STEP_NAMES.get(step, step)  # an older sevd's name for it
-        if step is not None and step not in STEPS:
-            raise InputError(f"summary step: {step[:32]!r} is not one of {', '.join(STEPS)}")
-        api = fields.get("api")
-        if api is not None and not _API.match(api):
-            raise InputError(f"summary api: {api[:32]!r} is not MAJOR.MINOR")
-        policy = None
-        if "policy" in fields:
-            try:
-                policy = Policy.parse(_int("summary policy", fields["policy"], 0, 0xFFFFFFFF))
-            except InputError as exc:
-                raise InputError(f"summary policy: {exc}") from None
-        measurement = fields.get("measurement")
-        if measurement is not None:
-            _b64("summary measurement", measurement, 48)
-
-        def number(key: str, hi: int) -> int | None:
-            return _int(f"summary {key}", fields[key], 0, hi) if key in fields else None
-
-        return cls(
-            state=state,
-            ack=None if "ack" not in fields else _int("summary ack", fields["ack"], 1, 2**63),
-            name=_name("summary", fields["name"]) if "name" in fields else None,
-            step=step,
-            handle=number("handle", 0xFFFFFFFF),
-            asid=number("asid", 0xFFFFFFFF),
-            api=api,
-            build=number("build", 0xFF),
-            policy=policy,
-            measurement=measurement,
-            error=fields.get("error"),
-        )
+        return cls(**SUMMARY.decode(parse_pairs(SUMMARY.node, text, last=SUMMARY.free_text)))
 
     def to_fields(self) -> dict[str, str]:
         """The values as text, keyed as in the node (what the read verbs show); absent ones left out."""
-        values = {
-            "ack": self.ack,
-            "name": self.name,
-            "state": self.state.value if self.state else None,
-            "step": self.step,
-            "handle": self.handle,
-            "asid": self.asid,
-            "api": self.api,
-            "build": self.build,
-            "policy": self.policy,
-            "measurement": self.measurement,
-            "error": self.error,
-        }
-        return {key: str(value) for key, value in values.items() if value is not None}
+        return SUMMARY.encode(self)
 
     def format(self) -> str:
-        if self.error is not None and not self.error:
-            raise ValueError("summary error: empty")
         return format_pairs(self.to_fields())
+
+
+SUMMARY = Layout(
+    "summary",
+    (
+        Field("ack", "ack", integer(1, 2**63)),
+        Field("name", "name", NAME),
+        Field("state", "state", enum_codec(GuestState)),
+        Field("step", "step", STEP),
+        Field("handle", "handle", integer(0, HANDLE_MAX)),
+        Field("asid", "asid", integer(0, 0xFFFFFFFF)),
+        Field("api", "api", pattern(_API, "MAJOR.MINOR")),
+        Field("build", "build", integer(0, 0xFF)),
+        Field("policy", "policy", POLICY),
+        Field("measurement", "measurement", checked_text(blob(MEASUREMENT_SIZE))),
+        Field("error", "error", TEXT),
+    ),
+    free_text="error",
+)
+SUMMARY.check(GuestSummary)
 
 
 @dataclasses.dataclass(frozen=True)
 class SecretPacket:
+    """The nodes `secret/{header,data,gpa}`: the owner's packet for LAUNCH_SECRET, written in one transaction."""
+
     header: bytes
     data: bytes
-    gpa: int
+    gpa: Gpa
 
     @classmethod
-    def parse(cls, nodes: dict[str, str]) -> SecretPacket:
-        for key in ("header", "data", "gpa"):
-            if key not in nodes:
-                raise InputError(f"secret/{key}: missing")
-        header = _b64("secret/header", nodes["header"], PACKET_HEADER_SIZE)
-        data = _b64("secret/data", nodes["data"], max_size=SECRET_MAX_LEN)
-        if len(data) % 16:
-            raise InputError(f"secret/data: length {len(data)} is not a multiple of 16")
-        gpa = _int("secret/gpa", nodes["gpa"], 0, 2**52)
-        if gpa % 16:
-            raise InputError("secret/gpa: must be 16-byte aligned")
-        return cls(header, data, gpa)
+    def parse(cls, nodes: Mapping[str, str]) -> SecretPacket:
+        return cls(**SECRET.decode(nodes))
 
     def to_nodes(self) -> dict[str, str]:
-        return {
-            "header": base64.b64encode(self.header).decode(),
-            "data": base64.b64encode(self.data).decode(),
-            "gpa": f"0x{self.gpa:x}",
-        }
+        return SECRET.encode(self)
+
+
+SECRET = Layout(
+    "secret",
+    (
+        Field("header", "header", blob(PACKET_HEADER_SIZE), required=True),
+        Field("data", "data", blob(max_size=SECRET_MAX_LEN, multiple=16), required=True),
+        Field("gpa", "gpa", integer(0, PHYS_ADDR_LIMIT, hex_out=True, align=16, what="16-byte"), required=True),
+    ),
+    separator="/",
+)
+SECRET.check(SecretPacket)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlatformNodes:
+    """The nodes `/sevd/platform/{api,build,state,owner,es,guests}`: PLATFORM_STATUS as sevd last read it."""
+
+    api: str  # MAJOR.MINOR
+    build: int
+    state: PspPlatformState
+    owner: bool
+    es: bool
+    guests: int
+
+    @classmethod
+    def parse(cls, nodes: Mapping[str, str]) -> PlatformNodes:
+        return cls(**PLATFORM_NODES.decode(nodes))
+
+    def to_nodes(self) -> dict[str, str]:
+        return PLATFORM_NODES.encode(self)
+
+
+PLATFORM_NODES = Layout(
+    "platform",
+    (
+        Field("api", "api", pattern(_API, "MAJOR.MINOR"), required=True),
+        Field("build", "build", integer(0, 0xFF), required=True),
+        Field("state", "state", enum_codec(PspPlatformState, by="name"), required=True),
+        Field("owner", "owner", FLAG, required=True),
+        Field("es", "es", FLAG, required=True),
+        Field("guests", "guests", integer(0, 0xFFFFFFFF), required=True),
+    ),
+    separator="/",
+)
+PLATFORM_NODES.check(PlatformNodes)
+
+
+COMMAND = enum_codec(Command)
 
 
 def parse_command(text: str) -> Command:
-    try:
-        return Command(text)
-    except ValueError:
-        known = ", ".join(c.value for c in Command)
-        raise InputError(f"command: {text[:32]!r} is not one of {known}") from None
+    return COMMAND.parse("command", text)
 
 
 def error_text(name: str, message: str) -> str:
     """The summary's `error`: the spec name (or INVALID_REQUEST / XEN_ERROR) first, so scripts can split on ':'.
 
-    One line of printable ASCII (xenstore values are text; the summary ends with it), at most 1024 characters.
+    One line of printable ASCII (xenstore values are text; the summary ends with it), at most ERROR_MAX characters.
     """
     text = f"{name}: {message}".encode("ascii", "backslashreplace").decode()
-    return "".join(c if c.isprintable() else " " for c in text)[:1024]
+    return "".join(c if c.isprintable() else " " for c in text)[:ERROR_MAX]

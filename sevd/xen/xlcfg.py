@@ -69,6 +69,11 @@ _lib = None
 _libc = None
 
 
+def _text(raw: bytes | str) -> str:
+    """A C string libxlutil returned, as text (cffi gives bytes for `char *`; str only for `wchar_t *`)."""
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+
+
 def _libs():
     global _lib, _libc
     if _lib is None:
@@ -133,7 +138,7 @@ class XlConfig:
         libc.fflush(self._stream)
         if self._buf[0] == ffi.NULL:
             return ""
-        return ffi.string(self._buf[0], self._size[0]).decode(errors="replace").strip()
+        return _text(ffi.string(self._buf[0], self._size[0])).strip()
 
     def _take_warning(self, fallback: str) -> str:
         """libxlutil's newest warning line (it names file, line and key), or `fallback`."""
@@ -179,7 +184,7 @@ class XlConfig:
             return None
         if rc:
             raise InputError(self._take_warning(f"{self.where(key)}: `{key}' must be a single value"))
-        return ffi.string(out[0]).decode(errors="replace")
+        return _text(ffi.string(out[0]))
 
     def long(self, key: str) -> int | None:
         lib, _ = _libs()
@@ -203,7 +208,7 @@ class XlConfig:
         items = []
         for i in range(count[0]):
             item = lib.xlu_cfg_get_listitem(lst[0], i)
-            items.append("" if item == ffi.NULL else ffi.string(item).decode(errors="replace"))
+            items.append("" if item == ffi.NULL else _text(ffi.string(item)))
         return items
 
 

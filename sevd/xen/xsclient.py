@@ -12,7 +12,7 @@ import contextlib
 import errno
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import pyxs
@@ -36,7 +36,7 @@ class Xenstore:
     def __init__(self, socket_path: str):
         self.socket_path = socket_path
         self._lock = threading.RLock()
-        self._monitor = None
+        self._monitor: Any = None  # pyxs' Monitor, opened by the first watch
         self._tokens: list[str] = []
         try:
             self.client = pyxs.Client(unix_socket_path=socket_path)
@@ -168,7 +168,7 @@ class Xenstore:
 
     # -- watches -------------------------------------------------------------------------------------------
 
-    def watch(self, paths: list[str]) -> None:
+    def watch(self, paths: Sequence[str]) -> None:
         """Watch `paths` on this connection; events are read with `next_event`."""
         if self._monitor is None:
             self._monitor = self.client.monitor()

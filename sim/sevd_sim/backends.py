@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sevd.abi.units import DomId
 from sevd.config import Config
 from sevd.errors import InputError
 from sevd.psp.device import PspClient
@@ -50,7 +51,7 @@ class SimulatedBackend:
         except FileNotFoundError as exc:
             raise InputError(f"{config.source}: [psp] path: {exc}") from None
 
-    def open_hypervisor(self, config: Config, exists: Callable[[int], bool]) -> Hypervisor:
+    def open_hypervisor(self, config: Config, exists: Callable[[DomId], bool]) -> Hypervisor:
         host = Path(config.hypervisor_path)
         return SimulatedXen(host, psp_wbinvd=SimulatedPsp(host).wbinvd_all_cpus)
 

@@ -161,7 +161,7 @@ class Demo:
             [sys.executable, "-m", "sevd_sim.xenstored", "--socket", str(sock), "--store", str(store), "--init-dom0"],
             xs_log,
         )
-        self.wait_until("xenstored stand-in", lambda: Xenstore(str(sock)).close() is None, xenstored, xs_log)
+        self.wait_until("xenstored stand-in", lambda: _answers(sock), xenstored, xs_log)
         self.say(f"started xenstored stand-in (pid {xenstored.pid}, log $HOST/{xs_log.name})")
 
         daemon = self.start("sevd", [*_tool("sevd"), "run", "--config", str(self.config)], sevd_log)
@@ -236,6 +236,14 @@ class Demo:
         self.say("")
         self.command(*xl, "destroy", "sev-guest")
         self.command(*xl, "platform", "status")
+
+
+def _answers(sock: Path) -> bool:
+    """Whether a xenstored listens on `sock` (connecting raises until it does)."""
+    from sevd.xen.xsclient import Xenstore
+
+    Xenstore(str(sock)).close()
+    return True
 
 
 def _quiet(argv: list[str]) -> str:

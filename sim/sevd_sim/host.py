@@ -12,9 +12,10 @@ import dataclasses
 from pathlib import Path
 
 from sevd.abi.certs import AmdCert
+from sevd.abi.units import PAGE_SIZE
 from sevd.psp.device import PspClient
 from sevd_sim.psp.device import DEFAULT_MAX_ASID, DEFAULT_MIN_SEV_ASID, SimulatedPsp, create_psp
-from sevd_sim.psp.memory import PAGE, PhysicalMemory
+from sevd_sim.psp.memory import PhysicalMemory
 from sevd_sim.xen import SimulatedXen
 
 DEFAULT_MEMORY = 1 << 30  # 1 GiB of sparse simulated memory
@@ -53,7 +54,7 @@ class SimulatedHost:
         PhysicalMemory.create(host.root / "memory.img", memory_size).close()
         # An SEV-ES capable CPU (Rome and later): the kernel INITs the firmware with ES.
         create_psp(host.root, max_asid=max_asid, min_sev_asid=min_sev_asid, es=es)
-        SimulatedXen.create(host.root, memory_size // PAGE, max_asid, min_sev_asid)
+        SimulatedXen.create(host.root, memory_size // PAGE_SIZE, max_asid, min_sev_asid)
         (host.root / "sevd.toml").write_text(host.config_text())
         return host
 

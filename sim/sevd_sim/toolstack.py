@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sevd.abi.units import DomId
 from sevd.errors import SevdError
 from sevd.xen import xlcfg
 from sevd.xen.hypervisor import HypervisorError
@@ -65,5 +66,7 @@ class SimulatedHostToolstack:
         self.sim.unpause(domid)
 
     def destroy(self, domid: int) -> None:
-        if self.sim.xen.domain_exists(domid):  # a simulated domain can die under xl-sev's feet, as with `xl destroy`
+        if self.sim.xen.domain_exists(
+            DomId(domid)
+        ):  # a simulated domain can die under xl-sev's feet, as with `xl destroy`
             self.sim.destroy(domid)

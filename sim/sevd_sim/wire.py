@@ -124,13 +124,6 @@ class Message:
     tx_id: int
     payload: bytes
 
-    @property
-    def type_name(self) -> str:
-        try:
-            return XsType(self.type).name
-        except ValueError:
-            return f"UNKNOWN({self.type})"
-
 
 class FrameTooLarge(ValueError):
     """A header announced a payload longer than XENSTORE_PAYLOAD_MAX."""

@@ -6,21 +6,23 @@ simulated CPU's CPUID 0x8000001F, the way the patched Xen does (xen-patches/xen)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sevd.abi.units import PAGE_SIZE as PAGE
+from sevd.abi.units import Asid, DomId, Gpa, Spa
 from sevd.abi.vmsa import reset_vmsas
 from sevd.durable import exclusive, read_json, write_json
 from sevd.xen.hypervisor import HypervisorError, SevDomain
 from sevd_sim.psp.memory import PhysicalMemory
 
 
-def coalesce(frames: list[int]) -> list[tuple[int, int]]:
+def coalesce(frames: list[int]) -> list[tuple[Spa, int]]:
     """Machine frames (in guest order) → (spa, length) runs of physically contiguous frames."""
-    runs: list[tuple[int, int]] = []
+    runs: list[tuple[Spa, int]] = []
     for mfn in frames:
-        spa = mfn * PAGE
+        spa = Spa(mfn * PAGE)
         if runs and runs[-1][0] + runs[-1][1] == spa:
             runs[-1] = (runs[-1][0], runs[-1][1] + PAGE)
         else:
@@ -117,7 +119,7 @@ class SimulatedXen:
             try:
                 padded = image + bytes(image_pages * PAGE - len(image))
                 for (spa, length), offset in _runs_with_offsets(
-                    self.guest_ranges(domid, (pages - image_pages) * PAGE, len(padded))
+                    self.guest_ranges(DomId(domid), Gpa((pages - image_pages) * PAGE), len(padded))
                 ):
                     memory.write(spa, padded[offset : offset + length])
             finally:
@@ -153,14 +155,14 @@ class SimulatedXen:
 
     # -- the SEV domctl ------------------------------------------------------------------------------------
 
-    def make_sev_domain(self, domid: int, es: bool) -> SevDomain:
+    def make_sev_domain(self, domid: DomId, es: bool) -> SevDomain:
         with self._locked():
             state = self._load()
             dom = self._domain(state, domid)
             if dom["has_run"]:
                 raise HypervisorError(f"domain {domid} has already run; SEV must be set before its first VMRUN")
             if dom["sev"]:
-                return SevDomain(domid, dom["asid"], self.CBIT)
+                return SevDomain(domid, Asid(dom["asid"]), self.CBIT)
             lo, hi = (1, state["min_sev_asid"] - 1) if es else (state["min_sev_asid"], state["max_asid"])
             taken = {d["asid"] for d in state["domains"].values()} | set(state["dirty_asids"])
             asid = next((a for a in range(lo, hi + 1) if a not in taken), None)
@@ -183,40 +185,40 @@ class SimulatedXen:
                     memory.write(mfn * PAGE, page)
             finally:
                 memory.close()
-        return SevDomain(domid, asid, self.CBIT)
+        return SevDomain(domid, Asid(asid), self.CBIT)
 
-    def boot_image_ranges(self, domid: int) -> list[tuple[int, int]]:
+    def boot_image_ranges(self, domid: DomId) -> list[tuple[Spa, int]]:
         dom = self._domain(self._load(), domid)
         size = -(-dom["image_size"] // PAGE) * PAGE  # whole pages, as the image was loaded
-        return self.guest_ranges(domid, dom["image_gpa"], size) if size else []
+        return self.guest_ranges(domid, Gpa(dom["image_gpa"]), size) if size else []
 
     def machine_frame(self, domid: int, gfn: int) -> int:
         """The machine frame backing guest frame `gfn` (what a P2M lookup answers)."""
         return next(iter(_mfn_runs(self._domain(self._load(), domid)["frame_runs"], gfn, 1)))[0]
 
-    def guest_ranges(self, domid: int, gpa: int, length: int) -> list[tuple[int, int]]:
+    def guest_ranges(self, domid: DomId, gpa: Gpa, length: int) -> list[tuple[Spa, int]]:
         dom = self._domain(self._load(), domid)
         if gpa < 0 or length <= 0 or gpa + length > dom["pages"] * PAGE:
             raise HypervisorError(f"domain {domid}: [{gpa:#x}, +{length:#x}) is outside its memory")
         first, last = gpa // PAGE, (gpa + length - 1) // PAGE
-        runs: list[tuple[int, int]] = []
+        runs: list[tuple[Spa, int]] = []
         for mfn, count in _mfn_runs(dom["frame_runs"], first, last - first + 1):
-            spa = mfn * PAGE
+            spa = Spa(mfn * PAGE)
             if runs and runs[-1][0] + runs[-1][1] == spa:
                 runs[-1] = (runs[-1][0], runs[-1][1] + count * PAGE)
             else:
                 runs.append((spa, count * PAGE))
         # Trim the first and last page to the bytes asked for.
         head = gpa % PAGE
-        runs[0] = (runs[0][0] + head, runs[0][1] - head)
+        runs[0] = (Spa(runs[0][0] + head), runs[0][1] - head)
         tail = (last + 1) * PAGE - (gpa + length)
         runs[-1] = (runs[-1][0], runs[-1][1] - tail)
         return runs
 
-    def vmsa_pages(self, domid: int) -> list[int]:
-        return [mfn * PAGE for mfn in self._domain(self._load(), domid).get("vmsa_frames", [])]
+    def vmsa_pages(self, domid: DomId) -> list[Spa]:
+        return [Spa(mfn * PAGE) for mfn in self._domain(self._load(), domid).get("vmsa_frames", [])]
 
-    def enable_sev(self, domid: int) -> None:
+    def enable_sev(self, domid: DomId) -> None:
         with self._locked():
             state = self._load()
             dom = self._domain(state, domid)
@@ -225,24 +227,24 @@ class SimulatedXen:
             dom["sev_enabled"] = True
             self._save(state)
 
-    def dirty_asids(self) -> list[int]:
-        return list(self._load()["dirty_asids"])
+    def dirty_asids(self) -> list[Asid]:
+        return [Asid(a) for a in self._load()["dirty_asids"]]
 
     def wbinvd_all_cpus(self) -> None:
         if self.psp_wbinvd is not None:
             self.psp_wbinvd()
 
-    def domain_exists(self, domid: int) -> bool:
+    def domain_exists(self, domid: DomId) -> bool:
         return str(domid) in self._load()["domains"]
 
-    def asids_flushed(self, asids: list[int]) -> None:
+    def asids_flushed(self, asids: list[Asid]) -> None:
         with self._locked():
             state = self._load()
             state["dirty_asids"] = [a for a in state["dirty_asids"] if a not in set(asids)]
             self._save(state)
 
 
-def _mfn_runs(frame_runs: list[list[int]], first_gfn: int, count: int):
+def _mfn_runs(frame_runs: list[list[int]], first_gfn: int, count: int) -> Iterator[tuple[int, int]]:
     """(mfn, n) pieces covering guest frames [first_gfn, first_gfn + count), in guest order."""
     gfn = 0
     for mfn, n in frame_runs:
@@ -254,7 +256,7 @@ def _mfn_runs(frame_runs: list[list[int]], first_gfn: int, count: int):
             return
 
 
-def _runs_with_offsets(runs: list[tuple[int, int]]):
+def _runs_with_offsets(runs: list[tuple[Spa, int]]) -> Iterator[tuple[tuple[Spa, int], int]]:
     offset = 0
     for spa, length in runs:
         yield (spa, length), offset

@@ -135,6 +135,13 @@ class Store:
     def get(self, path: str) -> Node | None:
         return self.nodes.get(path)
 
+    def need(self, path: str) -> Node:
+        """The node at `path`, which the caller knows exists (the root, a node it just wrote)."""
+        node = self.nodes.get(path)
+        if node is None:
+            raise KeyError(f"xenstored stand-in: {path} vanished from the store")
+        return node
+
     def put(self, path: str, node: Node) -> None:
         old = self.nodes.get(path)
         if old is not None:
@@ -362,7 +369,7 @@ class XenstoredStandIn:
         s.put(wire.SPECIAL_RELEASE, Node(b"", n0, (), self._next_gen()))
         s.put(wire.SPECIAL_INTRODUCE, Node(b"", n0, (), self._next_gen()))
         if init_dom0:
-            root = s.get("/")
+            root = s.need("/")
             s.put("/", dataclasses.replace(root, children=(*root.children, "local")))
             s.put("/local", Node(b"", n0, ("domain",), self._next_gen()))
             s.put("/local/domain", Node(b"", n0, ("0",), self._next_gen()))
@@ -563,7 +570,7 @@ class XenstoredStandIn:
     def _special_event(self, name: str) -> Event:
         """The event of a special watch: exact match only; visible to whoever may read the special node."""
         node = self.store.get(name)
-        return Event(name, True, node.perms if node else None, self.store.get("/").perms)
+        return Event(name, True, node.perms if node else None, self.store.need("/").perms)
 
     # ------------------------------------------------------------------ tree operations
 
@@ -576,7 +583,7 @@ class XenstoredStandIn:
         while parent is None:
             missing.append(parent_name)
             parent_name = _parent(parent_name)
-            parent = ctx.read(parent_name)
+            parent = ctx.read(parent_name)  # "/" always exists
         conn = ctx.conn
         if not conn.privileged and ctx.store.owners[conn.domid] + len(missing) > self.quota_nodes:
             raise XsError("ENOSPC")
@@ -586,7 +593,7 @@ class XenstoredStandIn:
                 perms = ((perms[0][0], conn.domid), *perms[1:])
             ctx.write(parent_name, dataclasses.replace(parent, children=(*parent.children, _basename(path))))
             ctx.write(path, Node(value if path == name else b"", perms, (), 0))
-            parent_name, parent = path, ctx.store.get(path)
+            parent_name, parent = path, ctx.store.need(path)
         return parent
 
     def _rm(self, ctx: Ctx, name: str) -> None:
@@ -594,10 +601,12 @@ class XenstoredStandIn:
         (children first), then one for ``name`` that also matches watches on its ancestors."""
         store = ctx.store
         parent_name = _parent(name)
-        parent = ctx.read(parent_name)
+        parent, node = ctx.read(parent_name), ctx.read(name)
+        if parent is None or node is None:
+            raise XsError("ENOENT")  # callers remove only nodes they found, so this is a bug in the caller
         # Post-order walk without recursion (paths may be ~1500 levels deep).
         order: list[tuple[str, Node, Node | None]] = []
-        stack: list[tuple[str, Node, Node | None, bool]] = [(name, ctx.read(name), parent, False)]
+        stack: list[tuple[str, Node, Node | None, bool]] = [(name, node, parent, False)]
         while stack:
             path, node, par, expanded = stack.pop()
             if expanded:
@@ -994,14 +1003,6 @@ class XenstoredStandIn:
             return p
 
         return self._call(open_it)
-
-    def dump(self) -> dict[str, tuple[bytes, list[str]]]:
-        """``{path: (value, perms)}`` of the whole store (special nodes included), for tests."""
-
-        def snap():
-            return {p: (n.value, _perm_strings(n.perms)) for p, n in self.store.nodes.items()}
-
-        return self._call(snap)
 
 
 def _onearg(payload: bytes) -> bytes | None:

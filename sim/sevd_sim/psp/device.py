@@ -36,10 +36,12 @@ from sevd.abi.commands import (
     UserCommand,
 )
 from sevd.abi.commands import PlatformState as P
+from sevd.abi.platform_status import status_flags
+from sevd.abi.units import MAX_HANDLES
 from sevd.durable import atomic_write, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
 from sevd_sim.psp import tables
-from sevd_sim.psp.firmware import MAX_HANDLES, Firmware, new_state
+from sevd_sim.psp.firmware import Firmware, new_state
 from sevd_sim.psp.identity import Identity
 from sevd_sim.psp.memory import MachineMemory, PhysicalMemory
 
@@ -282,11 +284,6 @@ class SimulatedPsp:
             table[command] = {"outcome": outcome, "count": count}
             write_json(path, table)
 
-    def clear_failures(self) -> None:
-        with exclusive(self.dir / "lock"):
-            (self.dir / "inject.json").unlink(missing_ok=True)
-            (self.dir / "disabled").unlink(missing_ok=True)
-
     def _injected_failure(self, fw: Firmware, name: str) -> None:
         if (self.dir / "disabled").exists():
             raise _Errno(errno.EBUSY)
@@ -329,7 +326,7 @@ class SimulatedPsp:
                 st["state"],
                 st["build"],
             )
-            out.flags = st["owner"] | (0x100 if st["es"] else 0)
+            out.flags = status_flags(owner=bool(st["owner"]), es=bool(st["es"]))
             out.guest_count = st["guest_count"]
             caller.write_buffer(bytes(ffi.buffer(out)))
         elif cmd == U.FACTORY_RESET:
@@ -346,9 +343,9 @@ class SimulatedPsp:
             self._probe_or_copy(caller, "struct sev_user_data_pek_csr", "address", "length", fw.pek_csr, CERT_SIZE)
         elif cmd in (U.GET_ID2, U.GET_ID):
             if cmd == U.GET_ID:  # deprecated form: two inline 64-byte fields
-                out = ffi.new("struct sev_user_data_get_id *")
-                ffi.memmove(out.socket1, fw.get_id(64), 64)
-                caller.write_buffer(bytes(ffi.buffer(out)))
+                ids = ffi.new("struct sev_user_data_get_id *")
+                ffi.memmove(ids.socket1, fw.get_id(GET_ID_SIZE), GET_ID_SIZE)
+                caller.write_buffer(bytes(ffi.buffer(ids)))
                 return
             # GET_ID works in every state: the driver does not INIT for it.
             self._probe_or_copy(caller, "struct sev_user_data_get_id2", "address", "length", fw.get_id, GET_ID_SIZE)

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from sevd.abi import status
 from sevd.abi.certs import Algo, SevCert, Usage
 from sevd.abi.commands import (
@@ -35,13 +37,13 @@ from sevd.abi.launch import (
     open_session,
 )
 from sevd.abi.policy import RESERVED_MASK, PolicyFlag
+from sevd.abi.units import MAX_HANDLES
 from sevd.errors import InputError, VerificationError
 from sevd_sim.psp import tables
 from sevd_sim.psp.digest import LaunchDigest
 from sevd_sim.psp.identity import API_MAJOR, API_MINOR, Identity
 from sevd_sim.psp.memory import BLOCK, MachineMemory, MemoryFault, OutOfRange, PhysicalMemory, crypt
 
-MAX_HANDLES = 1024
 SECRET_FLAG_COMPRESSED = 0x1
 
 # ASID states (one CCX modelled): clean → allocated (pending ACTIVATE) → in_use; DEACTIVATE of
@@ -249,6 +251,8 @@ class Firmware:
                 if godh_cert.usage != Usage.PDH or godh_cert.algo != Algo.ECDH_SHA256:
                     raise InputError("GODH certificate: must be a PDH-usage ECDH-SHA256 key")
                 godh_key = godh_cert.public_key()
+                if not isinstance(godh_key, ec.EllipticCurvePublicKey):
+                    raise InputError("GODH certificate: must hold an elliptic-curve key")
             except InputError as exc:
                 raise status.InvalidCertificate(cmd.name, detail=str(exc)) from None
             try:
@@ -370,7 +374,7 @@ class Firmware:
     def launch_update_vmsa(self, handle: int, spa: int, length: int) -> None:
         cmd = C.LAUNCH_UPDATE_VMSA
         if length != VMSA_SIZE:
-            raise status.InvalidLen(cmd.name, detail="a VMSA is 4096 bytes")
+            raise status.InvalidLen(cmd.name, detail=f"a VMSA is {VMSA_SIZE} bytes")
         guest = self._enter(cmd, handle)
         if not guest["policy"] & PolicyFlag.ES:
             raise status.Unsupported(cmd.name, detail="not an SEV-ES guest")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from sevd.abi.units import PHYS_ADDR_LIMIT
+
 BLOCK = 16
-PAGE = 4096
-SPA_LIMIT = 1 << 52  # the architectural limit of physical addresses on x86-64
 READ_CHUNK = 1 << 20  # Xen's READ_SPA limit per call
 
 log = logging.getLogger("sevd.sim.psp")  # under "sevd": the daemon that opens it logs its lines
@@ -113,7 +113,7 @@ class MachineMemory:
     """
 
     can_encrypt = False
-    size = SPA_LIMIT
+    size = PHYS_ADDR_LIMIT
 
     def __init__(self, read_spa: Callable[[int, int, int], bytes], close: Callable[[], None] | None = None):
         self._read_spa = read_spa
@@ -121,7 +121,7 @@ class MachineMemory:
 
     def contains(self, spa: int, length: int) -> bool:
         # Which machine frames are RAM only Xen knows; it refuses the rest when they are read.
-        return spa >= 0 and length >= 0 and spa + length <= SPA_LIMIT
+        return spa >= 0 and length >= 0 and spa + length <= PHYS_ADDR_LIMIT
 
     def _chunk(self, spa: int, length: int, asid: int) -> bytes:
         try:

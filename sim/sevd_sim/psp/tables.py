@@ -84,11 +84,6 @@ GUEST_NEXT: dict[C, G] = {
     C.RECEIVE_FINISH: G.RUNNING,
 }
 
-# Commands that need the guest bound to an ASID (ACTIVATE'd; pending is enough), else INACTIVE.
-NEEDS_ACTIVATION = frozenset(
-    {C.LAUNCH_UPDATE_DATA, C.LAUNCH_UPDATE_VMSA, C.LAUNCH_UPDATE_SECRET, C.DEACTIVATE, C.DBG_DECRYPT, C.DBG_ENCRYPT}
-)
-
 # Migration is in the tables (so its state checks are exact) but answers UNSUPPORTED after them.
 UNSUPPORTED = frozenset(
     {
@@ -104,7 +99,3 @@ UNSUPPORTED = frozenset(
         C.DOWNLOAD_FIRMWARE,
     }
 )
-
-# Commands whose buffer the firmware writes back on SUCCESS, and also on INVALID_LEN (the length
-# probe); LAUNCH_START and GUEST_STATUS only on SUCCESS (so no handle comes back on failure).
-WRITE_BACK_ON_INVALID_LEN = frozenset({C.PEK_CSR, C.PDH_CERT_EXPORT, C.GET_ID, C.LAUNCH_MEASURE})
