@@ -42,8 +42,8 @@ from sevd.abi.commands import (
 from sevd.abi.commands import PlatformState as P
 from sevd.durable import atomic_write, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
-from sevd_sim.psp.firmware import MAX_HANDLES, Firmware, new_state
 from sevd_sim.psp import tables
+from sevd_sim.psp.firmware import MAX_HANDLES, Firmware, new_state
 from sevd_sim.psp.identity import Identity
 from sevd_sim.psp.linux import DEFAULT_LINUX, LinuxDriver, driver
 from sevd_sim.psp.memory import MachineMemory, PhysicalMemory
