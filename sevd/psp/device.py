@@ -78,6 +78,11 @@ class DeviceFile:
 
 
 def _errno_message(err: int, what: str, guest_command: bool) -> str:
+    if err == errno.EPERM and guest_command:
+        return (
+            f"{what}: EPERM: /dev/sev is not open for writing (run as root), or Xen did not confirm that the "
+            "guest-memory address belongs to the guest this handle was activated for (see Xen's log)"
+        )
     if err == errno.EPERM:
         return f"{what}: EPERM: this command needs /dev/sev opened for writing (run as root)"
     if err == errno.EBUSY:

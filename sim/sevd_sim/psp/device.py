@@ -203,13 +203,16 @@ class SimulatedPsp:
         # The Linux generation is the host's, so every process opening it sees the same driver.
         self.driver: LinuxDriver = driver(config.get("linux", DEFAULT_LINUX))
 
-    def _read_spa(self, asid: int, spa: int, length: int) -> bytes:
-        # Xen is opened on the first read, so a PSP that never touches guest memory needs no libxencall.
+    def _domctl(self) -> Any:
+        # Xen is opened on first use, so a PSP that never touches guest memory needs no libxencall.
         if self._xen is None:
             from sevd.xen.domctl import DomctlXen
 
             self._xen = DomctlXen()
-        return self._xen.read_spa(asid, spa, length)
+        return self._xen
+
+    def _read_spa(self, asid: int, spa: int, length: int) -> bytes:
+        return self._domctl().read_spa(asid, spa, length)
 
     def _close_xen(self) -> None:
         if self._xen is not None:
@@ -515,15 +518,10 @@ class SimulatedPsp:
         from sevd.xen.hypervisor import HypervisorError
 
         if self._xen_machine_memory:
-            from sevd.xen.domctl import DomctlXen
-
-            xen = DomctlXen()
             try:
-                xen.check_spa(asid, spa, length)
+                self._domctl().check_spa(asid, spa, length)
             except (HypervisorError, OSError):
                 return False
-            finally:
-                xen.close()
             return True
         if (self.host / "xen" / "domains.json").exists():
             from sevd_sim.xen import SimulatedXen
