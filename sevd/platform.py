@@ -2,21 +2,36 @@
 
 Lengths are probed the kernel's way (a zero address answers INVALID_LEN with the needed size),
 and blobs are refused above the driver's 16 KiB limit before the ioctl.
+
+The platform at rest depends on the Dom0 kernel: Linux 6.1 INITs it at probe; from 6.12 (Debian 13)
+nothing does without KVM, so it rests in UNINIT and each platform ioctl that needs INIT does INIT,
+the command, SHUTDOWN.  sevd, which owns /dev/sev for writing, INITs it at start-up
+(`ensure_initialised`, through the guest-command ioctl's implicit INIT) so that it stays INIT
+while sevd runs; a read-only export of an UNINIT platform is refused (EPERM) with that explained.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 from pathlib import Path
 
 from sevd._psp import ffi
 from sevd.abi.certs import AmdCert, PlatformChain, SevCert
-from sevd.abi.commands import CERT_SIZE, GET_ID_SIZE, PDH_CHAIN_SIZE, USER_BLOB_MAX, PlatformState, UserCommand
+from sevd.abi.commands import (
+    CERT_SIZE,
+    GET_ID_SIZE,
+    PDH_CHAIN_SIZE,
+    USER_BLOB_MAX,
+    FirmwareCommand,
+    PlatformState,
+    UserCommand,
+)
 from sevd.abi.platform_status import StatusFlag
-from sevd.abi.status import InvalidLen
-from sevd.errors import InputError
+from sevd.abi.status import FirmwareError, InvalidLen
+from sevd.errors import DeviceError, InputError
 from sevd.psp.device import PspClient
 
 
@@ -102,6 +117,22 @@ class Platform:
             guests=buf.guest_count,
         )
 
+    def ensure_initialised(self) -> PlatformStatus:
+        """INIT an UNINIT platform and leave it INIT; the status after (UNINIT still if INIT failed or could not run).
+
+        There is no INIT among /dev/sev's platform ioctls; the guest-command ioctl of our Dom0 patch
+        INITs an UNINIT platform before any guest command (sev_ioctl_do_guest_cmd), so a GUEST_STATUS of
+        handle 0 (no guest: SUCCESS, state 0) does it.  Needs a writable fd; a failed INIT is left for the
+        first launch to report.
+        """
+        st = self.status()
+        if st.state != PlatformState.UNINIT or not self.client.writable:
+            return st
+        req = ffi.new("struct sev_data_guest_status *")
+        with contextlib.suppress(FirmwareError, DeviceError):
+            self.client.guest_command(FirmwareCommand.GUEST_STATUS, req)
+        return self.status()
+
     def pek_gen(self) -> None:
         self.client.platform_command(UserCommand.PEK_GEN)
 
@@ -135,6 +166,19 @@ class Platform:
         self.client.platform_command(UserCommand.PEK_CERT_IMPORT, req)
 
     def pdh_cert_export(self) -> PdhExport:
+        try:
+            return self._pdh_cert_export()
+        except DeviceError as exc:
+            if exc.errno != errno.EPERM or self.client.writable:
+                raise
+            raise DeviceError(
+                errno.EPERM,
+                "PDH_CERT_EXPORT: EPERM: the platform is UNINIT and this /dev/sev is read-only; only a writable "
+                "fd may INIT it (Linux 6.12 and later leave it UNINIT without KVM): start sevd, which "
+                "initialises it, or run as root",
+            ) from None
+
+    def _pdh_cert_export(self) -> PdhExport:
         req = ffi.new("struct sev_user_data_pdh_cert_export *")
         self._probe_lengths(UserCommand.PDH_CERT_EXPORT, req)
         pdh_len = req.pdh_cert_len or CERT_SIZE

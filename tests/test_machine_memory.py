@@ -24,6 +24,7 @@ from sevd.abi.launch import LaunchMeasurement, TransportKeys
 from sevd.abi.policy import Policy
 from sevd.abi.units import PHYS_ADDR_LIMIT as SPA_LIMIT
 from sevd.config import Config
+from sevd.errors import DeviceError
 from sevd.guest import GuestCommands
 from sevd.owner.measurement import verify_measurement
 from sevd.owner.secret import package_secret
@@ -65,8 +66,23 @@ class Machine:
             raise domctl.DomctlError("Xen refused READ_SPA: EPERM", errno.EPERM)
         return bytes(self.ram[spa - BASE : spa - BASE + length])
 
+    def check_spa(self, asid: int, spa: int, length: int) -> None:
+        """CHECK_SPA, which the Dom0 patch asks before the PSP touches guest memory: the same RAM, or EPERM."""
+        if asid != ASID:
+            raise domctl.DomctlError("Xen refused CHECK_SPA: ESRCH", errno.ESRCH)
+        if not (spa >= BASE and spa + length <= BASE + RAM):
+            raise domctl.DomctlError("Xen refused CHECK_SPA: EPERM", errno.EPERM)
+
     def xencall(self, d) -> int:
         """The same machine behind the real DomctlXen: libxencall's xencall1 with a struct xen_domctl."""
+        if d.u.sev_op.op == domctl.SEV_CHECK_SPA:
+            c = d.u.sev_op.u.check
+            try:
+                self.check_spa(c.asid, c.spa, c.len)
+            except domctl.DomctlError as exc:
+                domctl.ffi.errno = exc.errno
+                return -1
+            return 0
         r = d.u.sev_op.u.read
         try:
             data = self.read_spa(r.asid, r.spa, r.len)
@@ -254,15 +270,17 @@ def test_launch_measures_machine_memory(xen_psp, machine):
 
 
 @pytest.mark.parametrize("backend", ["midstate", "file"])
-def test_a_refused_range_is_invalid_address_and_measures_nothing(xen_psp, machine, monkeypatch, backend):
+def test_a_refused_range_is_eperm_and_measures_nothing(xen_psp, machine, monkeypatch, backend):
+    """The Dom0 patch asks Xen's CHECK_SPA before the firmware runs (sev_guest_memory_ok): EPERM."""
     if backend == "file":
         monkeypatch.setattr(digest_mod, "_LIB", None)
     psp, platform, g = open_guest(xen_psp)
     h = g.launch_start(Policy(0))
     g.activate(h, ASID)
-    # The first 1 MiB chunk is the guest's, the second runs past its RAM: Xen refuses part-way.
-    with pytest.raises(status.InvalidAddress):
+    # The first 1 MiB is the guest's, the rest runs past its RAM: Xen refuses the range.
+    with pytest.raises(DeviceError) as info:
         g.launch_update_data(h, BASE + RAM - (1 << 20), (1 << 20) + 4096)
+    assert info.value.errno == errno.EPERM
     g.launch_update_data(h, BASE, 8192)
     m = LaunchMeasurement.parse(g.launch_measure(h))
     st = platform.status()
@@ -270,13 +288,15 @@ def test_a_refused_range_is_invalid_address_and_measures_nothing(xen_psp, machin
     psp.close()
 
 
-def test_a_guest_whose_asid_xen_does_not_know_is_invalid_address(xen_psp, machine):
+def test_a_guest_whose_asid_xen_does_not_know_is_eperm(xen_psp, machine):
+    """sev_xen_check_spa turns Xen's ESRCH (no live SEV domain with the ASID) into EPERM; nothing is read."""
     psp, _, g = open_guest(xen_psp)
     h = g.launch_start(Policy(0))
-    g.activate(h, ASID + 1)  # Xen has no live SEV domain with this ASID (ESRCH)
-    with pytest.raises(status.InvalidAddress):
+    g.activate(h, ASID + 1)
+    with pytest.raises(DeviceError) as info:
         g.launch_update_data(h, BASE, 4096)
-    assert machine.reads[-1][0] == ASID + 1
+    assert info.value.errno == errno.EPERM
+    assert not machine.reads
     psp.close()
 
 
@@ -314,9 +334,10 @@ def test_secret_is_checked_not_written_and_never_logged(xen_psp, machine, caplog
     other = package_secret(TransportKeys(bytes(16), bytes(16)), secret, LaunchMeasurement(bytes(32), m.mnonce))
     with pytest.raises(status.BadMeasurement):
         g.launch_update_secret(h, other.header.to_bytes(), spa, other.ciphertext)
-    # And Xen still decides the address: not the guest's RAM.
-    with pytest.raises(status.InvalidAddress):
+    # And Xen still decides the address: not the guest's RAM (CHECK_SPA, EPERM from the Dom0 patch).
+    with pytest.raises(DeviceError) as info:
         g.launch_update_secret(h, packet.header.to_bytes(), BASE + RAM, packet.ciphertext)
+    assert info.value.errno == errno.EPERM
     psp.close()
 
 

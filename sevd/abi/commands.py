@@ -41,8 +41,9 @@ class FirmwareCommand(enum.IntEnum):
     DBG_ENCRYPT = 0x61
 
 
-# Commands the Dom0 kernel passes through SEV_ISSUE_GUEST_CMD (xen-patches/linux): guest
-# commands, plus DF_FLUSH, which the daemon issues after Xen's WBINVD to make ASIDs reusable.
+# Commands the Dom0 kernel passes through SEV_ISSUE_GUEST_CMD (xen-patches/linux, sev_guest_cmd_allowed):
+# launch and teardown, GUEST_STATUS, DBG_*, plus DF_FLUSH, which the daemon issues after Xen's WBINVD to
+# make ASIDs reusable.  No SEND_*/RECEIVE_*: the patch answers EINVAL (sevd does not migrate).
 GUEST_COMMANDS = frozenset(
     {
         FirmwareCommand.DF_FLUSH,
@@ -56,15 +57,6 @@ GUEST_COMMANDS = frozenset(
         FirmwareCommand.LAUNCH_MEASURE,
         FirmwareCommand.LAUNCH_UPDATE_SECRET,
         FirmwareCommand.LAUNCH_FINISH,
-        FirmwareCommand.SEND_START,
-        FirmwareCommand.SEND_UPDATE_DATA,
-        FirmwareCommand.SEND_UPDATE_VMSA,
-        FirmwareCommand.SEND_FINISH,
-        FirmwareCommand.SEND_CANCEL,
-        FirmwareCommand.RECEIVE_START,
-        FirmwareCommand.RECEIVE_UPDATE_DATA,
-        FirmwareCommand.RECEIVE_UPDATE_VMSA,
-        FirmwareCommand.RECEIVE_FINISH,
         FirmwareCommand.DBG_DECRYPT,
         FirmwareCommand.DBG_ENCRYPT,
     }

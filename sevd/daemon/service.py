@@ -316,6 +316,7 @@ class Daemon:
                 self.xs.write(path, "")
         self.xs.set_perms(proto.ROOT, proto.PERMS)
         if recover:
+            self.psp(self.platform.ensure_initialised)  # Linux 6.12+ leaves it UNINIT (sevd/platform.py)
             self.recover()
         self.xs.watch([proto.GUESTS, proto.RELEASE_DOMAIN])
         self.publish_platform()

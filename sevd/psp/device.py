@@ -78,6 +78,11 @@ class DeviceFile:
 
 
 def _errno_message(err: int, what: str, guest_command: bool) -> str:
+    if err == errno.EPERM and guest_command:
+        return (
+            f"{what}: EPERM: /dev/sev is not open for writing (run as root), or Xen did not confirm that the "
+            "guest-memory address belongs to the guest this handle was activated for (see Xen's log)"
+        )
     if err == errno.EPERM:
         return f"{what}: EPERM: this command needs /dev/sev opened for writing (run as root)"
     if err == errno.EBUSY:
@@ -89,10 +94,14 @@ def _errno_message(err: int, what: str, guest_command: bool) -> str:
         # A stock driver answers EINVAL to any ioctl but SEV_ISSUE_CMD (sev-dev.c, sev_ioctl).
         return (
             f"{what}: EINVAL: the driver refused SEV_ISSUE_GUEST_CMD: a Dom0 kernel without the "
-            "xen-patches/linux patch does not know it (or the command id or parameters are bad)"
+            "xen-patches/linux patch does not know it (or the command id or parameters are bad: a blob over "
+            "16 KiB, a guest not yet activated)"
         )
     if err == errno.EINVAL:
-        return f"{what}: EINVAL: the driver refused the request (unknown command id or bad parameters)"
+        return (
+            f"{what}: EINVAL: the driver refused the request (unknown command id, or a certificate blob that is "
+            "missing, empty or over 16 KiB)"
+        )
     if err == errno.ENOTTY:
         return f"{what}: ENOTTY: this device does not answer SEV ioctls (is it /dev/sev?)"
     if err == errno.EFAULT:

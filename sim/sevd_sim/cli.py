@@ -29,16 +29,25 @@ def demo(host_dir: str | None) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--max-asid", default=64, show_default=True, help="Simulated CPUID 0x8000001F: number of ASIDs.")
 @click.option("--min-sev-asid", default=5, show_default=True, help="First plain-SEV ASID (below: SEV-ES).")
+@click.option(
+    "--linux",
+    type=click.Choice(["6.1", "6.12", "6.16"]),
+    default="6.1",
+    show_default=True,
+    help="The Dom0 kernel's /dev/sev driver to simulate: 6.1 (Debian 12) INITs the PSP at probe; 6.12 "
+    "(Debian 13) and 6.16 leave it UNINIT and INIT/SHUTDOWN around each platform ioctl.",
+)
 @click.option("--create-only", is_flag=True, help="Create the host and exit; do not run the xenstored stand-in.")
-def host(directory: str, max_asid: int, min_sev_asid: int, create_only: bool) -> None:
+def host(directory: str, max_asid: int, min_sev_asid: int, linux: str, create_only: bool) -> None:
     """Create a simulated host in DIRECTORY if missing, then run its xenstored stand-in in the foreground."""
     from pathlib import Path
 
     from sevd_sim import xenstored
     from sevd_sim.host import SimulatedHost
 
-    host = SimulatedHost.create(Path(directory), max_asid=max_asid, min_sev_asid=min_sev_asid)
-    click.echo(f"simulated host ready: {host.root} (config {host.root / 'sevd.toml'})")
+    host = SimulatedHost.create(Path(directory), max_asid=max_asid, min_sev_asid=min_sev_asid, linux=linux)
+    linux = host.psp().driver.version  # an existing host keeps the driver it was made with
+    click.echo(f"simulated host ready: {host.root} (config {host.root / 'sevd.toml'}, Linux {linux})")
     if create_only:
         return
     sock, store = host.root / "xenstored.sock", host.root / "xenstored.json"
@@ -61,7 +70,15 @@ def _check_asids(max_asid: int, min_sev_asid: int) -> None:
 )
 @click.option("--max-asid", type=int, default=None, help="Number of ASIDs (default 64, or what Xen reports).")
 @click.option("--min-sev-asid", type=int, default=None, help="First plain-SEV ASID (default 5, or what Xen reports).")
-def psp(directory: str, xen_machine_memory: bool, max_asid: int | None, min_sev_asid: int | None) -> None:
+@click.option(
+    "--linux",
+    type=click.Choice(["6.1", "6.12", "6.16"]),
+    default="6.1",
+    show_default=True,
+    help="The Dom0 kernel's /dev/sev driver to simulate: 6.1 (Debian 12) INITs the PSP at probe; 6.12 "
+    "(Debian 13) and 6.16 leave it UNINIT and INIT/SHUTDOWN around each platform ioctl.",
+)
+def psp(directory: str, xen_machine_memory: bool, max_asid: int | None, min_sev_asid: int | None, linux: str) -> None:
     """Create only a simulated PSP in DIRECTORY (no simulated Xen, no xenstored stand-in)."""
     from pathlib import Path
 
@@ -102,7 +119,13 @@ def psp(directory: str, xen_machine_memory: bool, max_asid: int | None, min_sev_
         _check_asids(max_asid, min_sev_asid)
         root.mkdir(parents=True, exist_ok=True)
         create_psp(
-            root, max_asid=max_asid, min_sev_asid=min_sev_asid, memory=XEN_MACHINE_MEMORY, es=info.es, encrypt=False
+            root,
+            max_asid=max_asid,
+            min_sev_asid=min_sev_asid,
+            memory=XEN_MACHINE_MEMORY,
+            es=info.es,
+            encrypt=False,
+            linux=linux,
         )
         memory = "Xen machine memory (measure-only TEST MODE: guest memory is NOT encrypted)"
     else:
@@ -113,10 +136,11 @@ def psp(directory: str, xen_machine_memory: bool, max_asid: int | None, min_sev_
         image = root / "memory.img"
         if not image.exists():
             PhysicalMemory.create(image, DEFAULT_MEMORY).close()
-        create_psp(root, max_asid=max_asid, min_sev_asid=min_sev_asid, es=True)
+        create_psp(root, max_asid=max_asid, min_sev_asid=min_sev_asid, es=True, linux=linux)
         memory = f"{image} (simulated, encrypted)"
     click.echo(f"simulated PSP ready: {root / 'psp'}")
     click.echo(f"  memory: {memory}")
+    click.echo(f"  Linux driver: {linux}")
     click.echo(f"  ASIDs: 1..{max_asid} (SEV-ES 1..{min_sev_asid - 1}, SEV {min_sev_asid}..{max_asid})")
     click.echo(f'  sevd.toml: [psp] backend = "simulated", path = "{root.resolve()}"')
 

@@ -15,6 +15,7 @@ from sevd.abi.certs import AmdCert
 from sevd.abi.units import PAGE_SIZE
 from sevd.psp.device import PspClient
 from sevd_sim.psp.device import DEFAULT_MAX_ASID, DEFAULT_MIN_SEV_ASID, SimulatedPsp, create_psp
+from sevd_sim.psp.linux import DEFAULT_LINUX
 from sevd_sim.psp.memory import PhysicalMemory
 from sevd_sim.xen import SimulatedXen
 
@@ -46,6 +47,7 @@ class SimulatedHost:
         max_asid: int = DEFAULT_MAX_ASID,
         min_sev_asid: int = DEFAULT_MIN_SEV_ASID,
         es: bool = True,
+        linux: str = DEFAULT_LINUX,
     ) -> SimulatedHost:
         host = cls(Path(root))
         if host.exists:
@@ -53,7 +55,7 @@ class SimulatedHost:
         host.root.mkdir(parents=True, exist_ok=True)
         PhysicalMemory.create(host.root / "memory.img", memory_size).close()
         # An SEV-ES capable CPU (Rome and later): the kernel INITs the firmware with ES.
-        create_psp(host.root, max_asid=max_asid, min_sev_asid=min_sev_asid, es=es)
+        create_psp(host.root, max_asid=max_asid, min_sev_asid=min_sev_asid, es=es, linux=linux)
         SimulatedXen.create(host.root, memory_size // PAGE_SIZE, max_asid, min_sev_asid)
         (host.root / "sevd.toml").write_text(host.config_text())
         return host

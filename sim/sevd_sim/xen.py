@@ -215,6 +215,24 @@ class SimulatedXen:
         runs[-1] = (runs[-1][0], runs[-1][1] - tail)
         return runs
 
+    def check_spa(self, asid: Asid, spa: Spa, length: int) -> None:
+        """CHECK_SPA: every page of [spa, spa + length) must belong to the live SEV domain holding `asid`.
+
+        As the Xen patch's sev_check_spa: its RAM, at any frame of its memory.  This Xen also runs
+        SEV-ES guests (the Xen patches refuse them), so their VMSA pages count as the guest's too.
+        Raises HypervisorError (Xen's -ESRCH or -EPERM) otherwise.
+        """
+        state = self._load()
+        dom = next((d for d in state["domains"].values() if d.get("sev") and d.get("asid") == asid), None)
+        if dom is None or not asid or length <= 0:
+            raise HypervisorError(f"CHECK_SPA: no live SEV domain holds ASID {asid}")
+        frames = set(dom.get("vmsa_frames", []))
+        for mfn, count in _mfn_runs(dom["frame_runs"], 0, dom["pages"]):
+            frames.update(range(mfn, mfn + count))
+        for frame in range(spa // PAGE, (spa + length - 1) // PAGE + 1):
+            if frame not in frames:
+                raise HypervisorError(f"CHECK_SPA: {frame * PAGE:#x} is not RAM of the SEV domain with ASID {asid}")
+
     def vmsa_pages(self, domid: DomId) -> list[Spa]:
         return [Spa(mfn * PAGE) for mfn in self._domain(self._load(), domid).get("vmsa_frames", [])]
 

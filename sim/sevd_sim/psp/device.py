@@ -2,12 +2,15 @@
 
 `SimulatedPsp` is an IoctlTarget: it takes the same `struct sev_issue_cmd` the real device takes
 and follows its `data` pointer through a `CallerMemory`, the way the kernel copies from user
-space.  In front of the firmware it does what drivers/crypto/ccp/sev-dev.c does: EPERM for a
-read-only fd on write commands, EINVAL for unknown ids, lazy INIT (with WBINVD + DF_FLUSH) for the
-commands that need it, the length probe, the 16 KiB blob cap, EIO with the status in `error` when
-the firmware fails.  Guest commands arrive through SEV_ISSUE_GUEST_CMD, the ioctl of our Dom0
-kernel patch.  Every command runs under the host's mailbox lock and loads and saves the firmware
-state, so several processes can share one simulated PSP and it outlives them all.
+space.  In front of the firmware it does what drivers/crypto/ccp/sev-dev.c does, in the Linux
+generation the host was made with (sevd_sim.psp.linux): INIT at probe or not, implicit INIT (with
+WBINVD + DF_FLUSH) for the platform ioctls that need it and, from 6.12, SHUTDOWN after them; EPERM
+for a read-only fd on write commands, EINVAL for unknown ids and bad blobs, the length probe, EIO
+with the status in `error` when the firmware fails.  Guest commands arrive through
+SEV_ISSUE_GUEST_CMD, the ioctl of our Dom0 kernel patch (xen-patches/linux), answered as that patch
+answers: implicit INIT, the bounce-buffer limits, and EPERM unless the hypervisor confirms that guest
+memory named by address belongs to the guest.  Every command runs under the host's mailbox lock and
+loads and saves the firmware state, so several processes can share one simulated PSP and it outlives them all.
 
 Its memory is the simulated host's memory file, or (memory kind "xen") the machine memory of the Xen
 host it runs on, read through Xen under sev=test: a measure-only TEST MODE for emulated hardware.
@@ -15,6 +18,7 @@ host it runs on, read through Xen under sev=test: a measure-only TEST MODE for e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -37,16 +41,17 @@ from sevd.abi.commands import (
 )
 from sevd.abi.commands import PlatformState as P
 from sevd.abi.platform_status import status_flags
-from sevd.abi.units import MAX_HANDLES
+from sevd.abi.units import MAX_HANDLES, Asid, Spa
 from sevd.durable import atomic_write, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
 from sevd_sim.psp import tables
 from sevd_sim.psp.firmware import Firmware, new_state
 from sevd_sim.psp.identity import Identity
+from sevd_sim.psp.linux import DEFAULT_LINUX, LinuxDriver, driver
 from sevd_sim.psp.memory import MachineMemory, PhysicalMemory
 
 C = FirmwareCommand
-_SECRET_TRANSPORT_MAX = 0x5000  # the guest patch lets LAUNCH_SECRET's transport buffer reach the firmware's limit
+_SECRET_TRANSPORT_MAX = 0x5000  # SEV_GUEST_TRANS_MAX: the patch lets LAUNCH_SECRET's transport buffer reach 0x5000
 
 
 class CallerMemory(Protocol):
@@ -70,9 +75,13 @@ class InProcessCaller:
         self.address = data_address
 
     def read_buffer(self, size: int) -> bytes:
+        if not self.address:
+            raise _Errno(errno.EFAULT)  # copy_from_user from NULL
         return bytes(ffi.buffer(ffi.cast("uint8_t *", self.address), size))
 
     def write_buffer(self, data: bytes) -> None:
+        if not self.address:
+            raise _Errno(errno.EFAULT)
         ffi.memmove(ffi.cast("uint8_t *", self.address), data, len(data))
 
     def _pointer(self, offset: int) -> int:
@@ -95,6 +104,9 @@ class _Errno(Exception):
     def __init__(self, value: int):
         self.value = value
 
+
+# kzalloc's limit on x86-64 (1 << (PAGE_SHIFT + MAX_PAGE_ORDER), 4 MiB): GET_ID2's only bound on a length.
+_KMALLOC_MAX = 4 << 20
 
 # config.json's memory kind for machine memory read through Xen (DomctlXen.read_spa); otherwise a file path.
 XEN_MACHINE_MEMORY = "xen"
@@ -123,8 +135,11 @@ def create_psp(
     es: bool = False,
     max_guests: int = MAX_HANDLES,
     encrypt: bool = True,
+    linux: str = DEFAULT_LINUX,
 ) -> None:
-    """A new simulated chip in `host`/psp; the kernel INITs it at probe time, as Linux does.
+    """A new simulated chip in `host`/psp, behind the driver of Linux `linux` (6.1, 6.12 or 6.16).
+
+    6.1 INITs the platform at probe time; 6.12 and 6.16 leave it UNINIT (sevd_sim.psp.linux).
 
     `memory`: the memory file (default `host`/memory.img), or XEN_MACHINE_MEMORY ("xen"): the machine
     memory of the Xen host this runs on, measure-only, so `encrypt` must then be False.
@@ -138,12 +153,14 @@ def create_psp(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "digests").mkdir(exist_ok=True)
     Identity(directory / "identity").create()
-    write_json(directory / "config.json", {"memory": kind, "es": es, "encrypt": encrypt})
+    generation = driver(linux)
+    write_json(directory / "config.json", {"memory": kind, "es": es, "encrypt": encrypt, "linux": linux})
     state = new_state(build, max_asid, min_sev_asid, os.urandom(64), max_guests=max_guests)
     write_json(directory / "state.json", state)
-    psp = SimulatedPsp(host)
-    with psp.firmware() as fw:
-        psp._kernel_init(fw)
+    if generation.init_at_probe:  # sev_pci_init -> sev_platform_init (6.1)
+        psp = SimulatedPsp(host)
+        with psp.firmware() as fw:
+            psp._kernel_init(fw)
 
 
 class SimulatedPsp:
@@ -153,8 +170,14 @@ class SimulatedPsp:
     hardware); True is refused for machine memory, which cannot be encrypted.
     """
 
-    def __init__(self, host: Path | str, *, writable: bool = True, encrypt: bool | None = None):
+    def __init__(
+        self, host: Path | str, *, writable: bool = True, encrypt: bool | None = None, kernel_caller: bool = False
+    ):
         self.host = Path(host)
+        # kernel_caller: guest commands reach the firmware as an in-kernel user's do (KVM through
+        # sev_issue_cmd_external_user): every guest command, none of the Dom0 patch's checks or its
+        # implicit INIT.  The firmware conformance tests use it to reach every cell of the SEV API's tables.
+        self.kernel_caller = kernel_caller
         self.dir = psp_dir(self.host)
         if not (self.dir / "state.json").exists():
             raise FileNotFoundError(f"{self.dir}: no simulated PSP here (create the simulated host first)")
@@ -164,7 +187,8 @@ class SimulatedPsp:
         self.encrypt = configured if encrypt is None else encrypt
         self._xen: Any = None
         self.memory: PhysicalMemory | MachineMemory
-        if config["memory"] == XEN_MACHINE_MEMORY:
+        self._xen_machine_memory = config["memory"] == XEN_MACHINE_MEMORY
+        if self._xen_machine_memory:
             if self.encrypt:
                 raise ValueError(f"{self.dir}: machine memory read through Xen cannot be encrypted")
             self.memory = MachineMemory(self._read_spa, close=self._close_xen)
@@ -178,14 +202,19 @@ class SimulatedPsp:
         else:
             self.memory = PhysicalMemory(Path(config["memory"]))
         self.es = bool(config.get("es", False))
+        # The Linux generation is the host's, so every process opening it sees the same driver.
+        self.driver: LinuxDriver = driver(config.get("linux", DEFAULT_LINUX))
 
-    def _read_spa(self, asid: int, spa: int, length: int) -> bytes:
-        # Xen is opened on the first read, so a PSP that never touches guest memory needs no libxencall.
+    def _domctl(self) -> Any:
+        # Xen is opened on first use, so a PSP that never touches guest memory needs no libxencall.
         if self._xen is None:
             from sevd.xen.domctl import DomctlXen
 
             self._xen = DomctlXen()
-        return self._xen.read_spa(asid, spa, length)
+        return self._xen
+
+    def _read_spa(self, asid: int, spa: int, length: int) -> bytes:
+        return self._domctl().read_spa(asid, spa, length)
 
     def _close_xen(self) -> None:
         if self._xen is not None:
@@ -252,10 +281,12 @@ class SimulatedPsp:
                     self._injected_failure(fw, user.name)
                     self._user_command(fw, user, caller)
             elif request == SEV_ISSUE_GUEST_CMD:
-                if cmd not in GUEST_COMMANDS:
-                    return -errno.EINVAL, 0
+                # sev_ioctl_do_guest_cmd (xen-patches/linux): the fd's mode first, then the command id.
                 if not self.writable:
                     return -errno.EPERM, 0
+                allowed = _KERNEL_GUEST_COMMANDS if self.kernel_caller else GUEST_COMMANDS
+                if cmd not in allowed:
+                    return -errno.EINVAL, 0
                 with self.firmware() as fw:
                     self._injected_failure(fw, FirmwareCommand(cmd).name)
                     self._guest_command(fw, FirmwareCommand(cmd), caller)
@@ -311,12 +342,33 @@ class SimulatedPsp:
         fw.wbinvd_all_cpus()
         fw.df_flush()
 
-    def _lazy_init(self, fw: Firmware) -> None:
-        if fw.platform == P.UNINIT:
+    @contextlib.contextmanager
+    def _initialised(self, fw: Firmware, needed: bool) -> Any:
+        """The platform INIT for one platform ioctl, as this generation does it.
+
+        6.1: __sev_platform_init_locked, and the platform stays INIT.  6.12 and 6.16:
+        sev_move_to_init_state, then __sev_firmware_shutdown after the command (also after a failure),
+        so the platform is UNINIT again.  `needed`: the driver found it not INIT.
+        """
+        if not needed:
+            yield
+            return
+        try:
             self._kernel_init(fw)
+        except status.FirmwareError:
+            if self.driver.init_failure_is_invalid_platform_state:  # 6.16: argp->error = INVALID_PLATFORM_STATE
+                raise status.InvalidPlatformState("INIT", detail="the implicit INIT failed") from None
+            raise
+        try:
+            yield
+        finally:
+            if self.driver.shutdown_after_ioctl:
+                fw.shutdown()
+                fw.wbinvd_all_cpus()  # __sev_firmware_shutdown flushes the TMR it frees
 
     def _user_command(self, fw: Firmware, cmd: UserCommand, caller: CallerMemory) -> None:
         U = UserCommand
+        uninit = fw.platform == P.UNINIT  # the driver's sev->state: it never records WORKING
         if cmd == U.PLATFORM_STATUS:
             out = ffi.new("struct sev_user_data_status *")
             st = fw.platform_status()
@@ -330,35 +382,32 @@ class SimulatedPsp:
             out.guest_count = st["guest_count"]
             caller.write_buffer(bytes(ffi.buffer(out)))
         elif cmd == U.FACTORY_RESET:
+            # sev_ioctl_do_reset: PLATFORM_STATUS, EBUSY in WORKING, SHUTDOWN from INIT, then FACTORY_RESET.
             if fw.platform == P.WORKING:
                 raise _Errno(errno.EBUSY)
             if fw.platform == P.INIT:
                 fw.shutdown()
             fw.platform_reset()
         elif cmd in (U.PEK_GEN, U.PDH_GEN):
-            self._lazy_init(fw)
-            fw.pek_gen() if cmd == U.PEK_GEN else fw.pdh_gen()
+            with self._initialised(fw, uninit):
+                fw.pek_gen() if cmd == U.PEK_GEN else fw.pdh_gen()
         elif cmd == U.PEK_CSR:
-            self._lazy_init(fw)
-            self._probe_or_copy(caller, "struct sev_user_data_pek_csr", "address", "length", fw.pek_csr, CERT_SIZE)
-        elif cmd in (U.GET_ID2, U.GET_ID):
-            if cmd == U.GET_ID:  # deprecated form: two inline 64-byte fields
-                ids = ffi.new("struct sev_user_data_get_id *")
-                ffi.memmove(ids.socket1, fw.get_id(GET_ID_SIZE), GET_ID_SIZE)
-                caller.write_buffer(bytes(ffi.buffer(ids)))
-                return
-            # GET_ID works in every state: the driver does not INIT for it.
-            self._probe_or_copy(caller, "struct sev_user_data_get_id2", "address", "length", fw.get_id, GET_ID_SIZE)
+            self._pek_csr(fw, caller, uninit)
+        elif cmd == U.GET_ID:  # deprecated form: two inline 64-byte fields
+            ids = ffi.new("struct sev_user_data_get_id *")
+            ffi.memmove(ids.socket1, fw.get_id(GET_ID_SIZE), GET_ID_SIZE)
+            caller.write_buffer(bytes(ffi.buffer(ids)))
+        elif cmd == U.GET_ID2:
+            self._get_id2(fw, caller)
         elif cmd == U.PEK_CERT_IMPORT:
+            # sev_ioctl_do_pek_import: both blobs through psp_copy_user_blob, then INIT if needed.
             req = self._read(caller, "struct sev_user_data_pek_cert_import")
-            if req.pek_cert_len > USER_BLOB_MAX or req.oca_cert_len > USER_BLOB_MAX:
-                raise _Errno(errno.EFAULT)
-            pek = caller.read_at(_off(req, "pek_cert_address"), req.pek_cert_len)
-            oca = caller.read_at(_off(req, "oca_cert_address"), req.oca_cert_len)
-            self._lazy_init(fw)
-            fw.pek_cert_import(pek, oca)
+            pek = _copy_user_blob(caller, req, "pek_cert_address", req.pek_cert_len)
+            oca = _copy_user_blob(caller, req, "oca_cert_address", req.oca_cert_len)
+            with self._initialised(fw, uninit):
+                fw.pek_cert_import(pek, oca)
         elif cmd == U.PDH_CERT_EXPORT:
-            self._pdh_cert_export(fw, caller)
+            self._pdh_cert_export(fw, caller, uninit)
 
     def _read(self, caller: CallerMemory, ctype: str) -> Any:
         req = ffi.new(ctype + " *")
@@ -370,66 +419,139 @@ class SimulatedPsp:
     def _write(caller: CallerMemory, req: Any) -> None:
         caller.write_buffer(bytes(ffi.buffer(req)))
 
-    def _probe_or_copy(
-        self, caller: CallerMemory, ctype: str, addr: str, length: str, command: Any, needed: int
-    ) -> None:
-        """A zero address or length asks the firmware for the size it needs (INVALID_LEN, length written back)."""
-        req = self._read(caller, ctype)
-        probe = not getattr(req, addr) or not getattr(req, length)
-        if not probe and getattr(req, length) > USER_BLOB_MAX:
+    def _pek_csr(self, fw: Firmware, caller: CallerMemory, uninit: bool) -> None:
+        """sev_ioctl_do_pek_csr: a zero address or length is a length query; over 16 KiB is EFAULT."""
+        req = self._read(caller, "struct sev_user_data_pek_csr")
+        probe = not req.address or not req.length
+        if not probe and req.length > USER_BLOB_MAX:
             raise _Errno(errno.EFAULT)
+        with self._initialised(fw, uninit):
+            try:
+                data = fw.pek_csr(0 if probe else req.length)
+            except status.InvalidLen:
+                req.length = CERT_SIZE
+                self._write(caller, req)
+                raise
+        req.length = len(data)
+        self._write(caller, req)
+        if not probe:
+            caller.write_at(_off(req, "address"), data)
+
+    def _get_id2(self, fw: Firmware, caller: CallerMemory) -> None:
+        """sev_ioctl_do_get_id2: no INIT, no 16 KiB cap (the buffer is kzalloc'd at the caller's length)."""
+        req = self._read(caller, "struct sev_user_data_get_id2")
+        probe = not req.address or not req.length
+        if not probe and req.length > _KMALLOC_MAX:
+            raise _Errno(errno.ENOMEM)  # kzalloc(..., __GFP_NOWARN) fails: "simply return ENOMEM"
         try:
-            data = command(0 if probe else getattr(req, length))
+            data = fw.get_id(0 if probe else req.length)
         except status.InvalidLen:
-            setattr(req, length, needed)
+            req.length = GET_ID_SIZE
             self._write(caller, req)
             raise
-        setattr(req, length, len(data))
-        caller.write_at(_off(req, addr), data)
+        req.length = len(data)
         self._write(caller, req)
+        caller.write_at(_off(req, "address"), data)
 
-    def _pdh_cert_export(self, fw: Firmware, caller: CallerMemory) -> None:
-        req = self._read(caller, "struct sev_user_data_pdh_cert_export")
-        if fw.platform == P.UNINIT:
+    def _pdh_cert_export(self, fw: Firmware, caller: CallerMemory, uninit: bool) -> None:
+        """sev_ioctl_do_pdh_export; a read-only fd may export only from an INITed platform (EPERM)."""
+        if self.driver.export_checks_state_first and uninit:  # 6.1: before copy_from_user
             if not self.writable:
                 raise _Errno(errno.EPERM)
             self._kernel_init(fw)
+            uninit = False
+        req = self._read(caller, "struct sev_user_data_pdh_cert_export")
         probe = not req.pdh_cert_address or not req.pdh_cert_len or not req.cert_chain_address
+        if self.driver.export_query_on_zero_chain_len:
+            probe = probe or not req.cert_chain_len
         if not probe and (req.pdh_cert_len > USER_BLOB_MAX or req.cert_chain_len > USER_BLOB_MAX):
             raise _Errno(errno.EFAULT)
-        try:
-            pdh, chain = fw.pdh_cert_export(0 if probe else req.pdh_cert_len, 0 if probe else req.cert_chain_len)
-        except status.InvalidLen:
-            req.pdh_cert_len, req.cert_chain_len = CERT_SIZE, PDH_CHAIN_SIZE
-            self._write(caller, req)
-            raise
-        caller.write_at(_off(req, "pdh_cert_address"), pdh)
-        caller.write_at(_off(req, "cert_chain_address"), chain)
+        if uninit and not self.writable:  # 6.12, 6.16: after the lengths
+            raise _Errno(errno.EPERM)
+        with self._initialised(fw, uninit):
+            try:
+                pdh, chain = fw.pdh_cert_export(0 if probe else req.pdh_cert_len, 0 if probe else req.cert_chain_len)
+            except status.InvalidLen:
+                req.pdh_cert_len, req.cert_chain_len = CERT_SIZE, PDH_CHAIN_SIZE
+                self._write(caller, req)
+                raise
         req.pdh_cert_len, req.cert_chain_len = len(pdh), len(chain)
         self._write(caller, req)
+        caller.write_at(_off(req, "pdh_cert_address"), pdh)
+        caller.write_at(_off(req, "cert_chain_address"), chain)
 
     # -- guest commands (SEV_ISSUE_GUEST_CMD, the Dom0 kernel patch) ------------------------------------------
 
     def _guest_command(self, fw: Firmware, cmd: FirmwareCommand, caller: CallerMemory) -> None:
-        if cmd == C.DF_FLUSH:
+        """sev_ioctl_do_guest_cmd: copy the command buffer, INIT an UNINIT platform (it stays INIT), then run."""
+        if self.kernel_caller and cmd in tables.UNSUPPORTED:
+            fw.unsupported(cmd, int.from_bytes(caller.read_buffer(4), "little"))
+            return
+        handler = _GUEST_HANDLERS.get(cmd)
+        req = self._read(caller, handler[0]) if handler is not None else None  # DF_FLUSH has no buffer
+        if fw.platform == P.UNINIT and not self.kernel_caller:
+            self._kernel_init(fw)  # __sev_platform_init_locked: a failure is EIO with INIT's status
+        if handler is None:
             fw.df_flush()
             return
-        if cmd in tables.UNSUPPORTED:
-            handle = int(ffi.cast("uint32_t *", ffi.from_buffer(caller.read_buffer(4)))[0])
-            fw.unsupported(cmd, handle)
-            return
-        handler = _GUEST_HANDLERS[cmd]
-        req = self._read(caller, handler[0])
         handler[1](self, fw, req, caller)
 
+    def _guest_memory_ok(self, fw: Firmware, handle: int, spa: int, length: int) -> None:
+        """sev_guest_memory_ok: GUEST_STATUS names the ASID; Xen must confirm the range is that guest's RAM."""
+        if not length or self.kernel_caller:
+            return  # nothing to touch; the firmware judges the length
+        _policy, asid, _state = fw.guest_status(handle)
+        if not asid:
+            raise _Errno(errno.EINVAL)  # not activated: no guest to check against
+        if not self._hypervisor_confirms(asid, spa, length):
+            raise _Errno(errno.EPERM)
+
+    def _hypervisor_confirms(self, asid: int, spa: int, length: int) -> bool:
+        """XEN_DOMCTL_sev_op CHECK_SPA: the patched Xen (machine memory), the simulated Xen, or none.
+
+        A PSP without a hypervisor beside it (a bare `sevd-sim psp`, the firmware tests' rig) has no
+        one to ask; it confirms every address (docs/simulated-psp.md, "The driver layer").
+        """
+        from sevd.xen.hypervisor import HypervisorError
+
+        if self._xen_machine_memory:
+            try:
+                self._domctl().check_spa(asid, spa, length)
+            except (HypervisorError, OSError):
+                return False
+            return True
+        if (self.host / "xen" / "domains.json").exists():
+            from sevd_sim.xen import SimulatedXen
+
+            try:
+                SimulatedXen(self.host).check_spa(Asid(asid), Spa(spa), length)
+            except HypervisorError:
+                return False
+        return True
+
+    def _bounce(self, caller: CallerMemory, req: Any, field: str, length: int, maximum: int) -> bytes | None:
+        """sev_bounce_in with copy: None for a zero address or length (the firmware gets 0), EINVAL over `maximum`."""
+        if not getattr(req, field) or not length:
+            return None
+        if length > maximum:
+            raise _Errno(errno.EINVAL)
+        return caller.read_at(_off(req, field), length)
+
+    @staticmethod
+    def _out_buffer(req: Any, field: str, length: int, maximum: int) -> bool:
+        """sev_bounce_in without copy: is there a kernel buffer for the firmware to fill?"""
+        if not getattr(req, field) or not length:
+            return False
+        if length > maximum:
+            raise _Errno(errno.EINVAL)
+        return True
+
     def _launch_start(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
-        godh = session = None
-        if req.dh_cert_address:
-            if req.dh_cert_len > USER_BLOB_MAX or req.session_len > USER_BLOB_MAX:
-                raise _Errno(errno.EFAULT)
-            godh = caller.read_at(_off(req, "dh_cert_address"), req.dh_cert_len)
-            session = caller.read_at(_off(req, "session_address"), req.session_len) if req.session_address else b""
-        req.handle = fw.launch_start(req.handle, req.policy, godh, session)
+        godh = self._bounce(caller, req, "dh_cert_address", req.dh_cert_len, USER_BLOB_MAX)
+        session = self._bounce(caller, req, "session_address", req.session_len, USER_BLOB_MAX)
+        if godh is not None and session is None:
+            session = b""  # the firmware sees a session address of 0: its length check answers
+        req.handle = fw.launch_start(req.handle, req.policy, godh, session if godh is not None else None)
         self._write(caller, req)  # only on success: no handle comes back on failure
 
     def _activate(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
@@ -446,15 +568,17 @@ class SimulatedPsp:
         self._write(caller, req)
 
     def _update_data(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        self._guest_memory_ok(fw, req.handle, req.address, req.len)
         fw.launch_update_data(req.handle, req.address, req.len)
 
     def _update_vmsa(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
+        self._guest_memory_ok(fw, req.handle, req.address, req.len)
         fw.launch_update_vmsa(req.handle, req.address, req.len)
 
     def _measure(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
-        probe = not req.address or not req.len
+        out = self._out_buffer(req, "address", req.len, USER_BLOB_MAX)
         try:
-            blob = fw.launch_measure(req.handle, 0 if probe else req.len)
+            blob = fw.launch_measure(req.handle, req.len if out else 0)
         except status.InvalidLen:
             req.len = MEASUREMENT_SIZE
             self._write(caller, req)
@@ -464,31 +588,41 @@ class SimulatedPsp:
         self._write(caller, req)
 
     def _secret(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
-        if req.hdr_len > USER_BLOB_MAX or req.trans_len > _SECRET_TRANSPORT_MAX:
-            raise _Errno(errno.EFAULT)
-        header = caller.read_at(_off(req, "hdr_address"), req.hdr_len)
-        trans = caller.read_at(_off(req, "trans_address"), req.trans_len)
-        fw.launch_update_secret(req.handle, header, req.guest_address, req.guest_len, trans)
+        self._guest_memory_ok(fw, req.handle, req.guest_address, req.guest_len)
+        header = self._bounce(caller, req, "hdr_address", req.hdr_len, USER_BLOB_MAX)
+        trans = self._bounce(caller, req, "trans_address", req.trans_len, _SECRET_TRANSPORT_MAX)
+        fw.launch_update_secret(req.handle, header or b"", req.guest_address, req.guest_len, trans or b"")
 
     def _finish(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
         fw.launch_finish(req.handle)
 
     def _dbg_decrypt(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
         # src is guest memory (an SPA); dst is the caller's buffer, copied out by the kernel.
-        if req.len > USER_BLOB_MAX:
-            raise _Errno(errno.EFAULT)
-        caller.write_at(_off(req, "dst_addr"), fw.dbg_decrypt(req.handle, req.src_addr, req.len))
+        self._guest_memory_ok(fw, req.handle, req.src_addr, req.len)
+        out = self._out_buffer(req, "dst_addr", req.len, USER_BLOB_MAX)
+        plain = fw.dbg_decrypt(req.handle, req.src_addr, req.len)
+        if out:
+            caller.write_at(_off(req, "dst_addr"), plain)
 
     def _dbg_encrypt(self, fw: Firmware, req: Any, caller: CallerMemory) -> None:
         # src is the caller's buffer; dst is guest memory (an SPA).
-        if req.len > USER_BLOB_MAX:
-            raise _Errno(errno.EFAULT)
-        fw.dbg_encrypt(req.handle, req.dst_addr, caller.read_at(_off(req, "src_addr"), req.len))
+        self._guest_memory_ok(fw, req.handle, req.dst_addr, req.len)
+        plain = self._bounce(caller, req, "src_addr", req.len, USER_BLOB_MAX)
+        fw.dbg_encrypt(req.handle, req.dst_addr, plain or bytes(req.len))
 
 
 def _off(req: Any, field: str) -> int:
     return ffi.offsetof(ffi.typeof(req).item, field)
 
+
+def _copy_user_blob(caller: CallerMemory, req: Any, field: str, length: int) -> bytes:
+    """psp_copy_user_blob: EINVAL for a null address, a zero length or more than 16 KiB; then memdup_user."""
+    if not getattr(req, field) or not length or length > USER_BLOB_MAX:
+        raise _Errno(errno.EINVAL)
+    return caller.read_at(_off(req, field), length)
+
+
+_KERNEL_GUEST_COMMANDS = GUEST_COMMANDS | tables.UNSUPPORTED
 
 _GUEST_HANDLERS = {
     C.LAUNCH_START: ("struct sev_data_launch_start", SimulatedPsp._launch_start),
