@@ -52,7 +52,10 @@ class SimulatedHostToolstack:
     def __init__(self, host: Path | str, xs: Xenstore):
         self.sim = SimulatedToolstack(host, xs)
 
-    def create(self, guest: xlcfg.GuestConfig, image: bytes) -> int:
+    def create(self, guest: xlcfg.GuestConfig, image: bytes | None) -> int:
+        if image is None:  # a plain guest's image: loaded as xl would, though nothing measures it
+            xlcfg.check_image(guest.image, guest.memory_mb)
+            image = guest.read_image()
         try:
             return self.sim.create(guest.name, guest.memory_mb, image, guest.vcpus)
         except HypervisorError as exc:

@@ -12,7 +12,7 @@ from typing import Any
 from sevd.abi.units import PAGE_SIZE as PAGE
 from sevd.abi.vmsa import reset_vmsas
 from sevd.durable import exclusive, read_json, write_json
-from sevd.xen.hypervisor import HypervisorError, SevDomain
+from sevd.xen.hypervisor import HypervisorError, SevCapabilities, SevDomain
 from sevd_sim.psp.memory import PhysicalMemory
 
 
@@ -240,6 +240,26 @@ class SimulatedXen:
             state = self._load()
             state["dirty_asids"] = [a for a in state["dirty_asids"] if a not in set(asids)]
             self._save(state)
+
+    def sev_capabilities(self) -> SevCapabilities:
+        """The simulated CPU's ASID split from the host's state; it runs SEV-ES guests when it has ES ASIDs."""
+        try:
+            state = self._load()
+        except OSError as exc:
+            raise HypervisorError(f"simulated host unreadable: {exc}", hint="check [hypervisor] path") from None
+        return SevCapabilities(
+            source="simulated",
+            available=True,
+            min_sev_asid=state["min_sev_asid"],
+            max_asid=state["max_asid"],
+            cbit=self.CBIT,
+            es=True,
+            launches_es=True,
+            awaiting_flush=len(state["dirty_asids"]),
+        )
+
+    def close(self) -> None:
+        """Nothing stays open between calls: each reads and writes the host's files."""
 
 
 def _mfn_runs(frame_runs: list[list[int]], first_gfn: int, count: int):
