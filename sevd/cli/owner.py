@@ -12,7 +12,7 @@ import json
 import pathlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -99,7 +99,7 @@ def _verb(fn: Callable[..., _Result]) -> Callable[..., None]:
     return wrapper
 
 
-def _fail(as_json: bool, code: int, kind: str, message: str) -> None:
+def _fail(as_json: bool, code: int, kind: str, message: str) -> NoReturn:
     if as_json:
         click.echo(json.dumps({"ok": False, "error": kind, "message": message}, sort_keys=True))
     else:

@@ -24,6 +24,7 @@ from sevd.toolstack.localowner import LocalOwner, read_secret
 from sevd.toolstack.waiting import Reporter, Waiter
 from sevd.xen import protocol as proto
 from sevd.xen import xlcfg
+from sevd.xen.xsclient import Xenstore
 
 CLEANUP_TIMEOUT = 10.0  # seconds to wait for sevd to drop a failed launch's guest
 
@@ -159,7 +160,7 @@ def _launch(
     return result
 
 
-def _acked(xs: Any, domid: int) -> int:
+def _acked(xs: Xenstore, domid: int) -> int:
     """The request generation sevd took last for the domain (0: none)."""
     summary = read_summary(xs, domid)
     return summary.ack if summary is not None and summary.ack is not None else 0
