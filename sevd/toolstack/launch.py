@@ -74,15 +74,21 @@ def create_guest(
         reporter.line(f"domain {guest.name}: domid {domid}, created paused")
         try:
             return _launch(waiter, ts, guest, domid, image, owner, secret, options, reporter)
-        except BaseException as exc:
-            reporter.close()
-            with contextlib.suppress(Exception):
-                ts.destroy(domid)
-                if guest.sev:
-                    waiter.gone(domid, CLEANUP_TIMEOUT, "cleanup")
-            if isinstance(exc, SevdError | FirmwareError):
-                raise SevdError(f"{exc} (domain {guest.name} destroyed)") from None
+        except (SevdError, FirmwareError) as exc:
+            _destroy_failed(waiter, ts, guest, domid, reporter)
+            raise SevdError(f"{exc} (domain {guest.name} destroyed)") from None
+        except BaseException:  # interrupted, or a bug: the domain goes all the same
+            _destroy_failed(waiter, ts, guest, domid, reporter)
             raise
+
+
+def _destroy_failed(waiter: Waiter, ts: Toolstack, guest: xlcfg.GuestConfig, domid: int, reporter: Reporter) -> None:
+    """A launch failed after the domain was created: destroy it, as `xl create` does, and let sevd drop it."""
+    reporter.close()
+    with contextlib.suppress(Exception):
+        ts.destroy(domid)
+        if guest.sev:
+            waiter.gone(domid, CLEANUP_TIMEOUT, "cleanup")
 
 
 def _launch(
