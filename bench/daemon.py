@@ -15,10 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 from sevd.abi.policy import Policy
-from sevd.cli.xl_sev import guest_rows
 from sevd.guest import GuestCommands
+from sevd.toolstack.domains import guest_rows
+from sevd.toolstack.guestnodes import parse_summary
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import parse_summary
 from sevd.xen.xsclient import Xenstore
 from sevd_sim.wire import XsType
 

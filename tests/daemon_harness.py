@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from sevd.abi.policy import Policy
+from sevd.toolstack.guestnodes import parse_summary, read_summary, request_launch
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import parse_summary, read_summary, request_launch
 from sevd.xen.xsclient import Xenstore
 from sevd_sim.host import SimulatedHost
 from sevd_sim.toolstack import SimulatedToolstack

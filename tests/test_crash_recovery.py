@@ -17,8 +17,8 @@ from sevd.daemon.records import RecordStore
 from sevd.owner.secret import package_secret
 from sevd.owner.session import make_session
 from sevd.platform import Platform
+from sevd.toolstack.guestnodes import send_command, send_secret
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import send_command, send_secret
 
 LAUNCH_STEPS = [
     "MAKE_SEV",

@@ -22,8 +22,8 @@ from sevd.errors import DeviceError
 from sevd.guest import GuestCommands
 from sevd.platform import Platform
 from sevd.psp.device import SEV_ISSUE_GUEST_CMD, PspClient
+from sevd.toolstack.guestnodes import request_launch
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import request_launch
 from sevd_sim.host import SimulatedHost
 from sevd_sim.psp.device import SimulatedPsp, create_psp
 from sevd_sim.psp.memory import PhysicalMemory

@@ -1,4 +1,5 @@
-"""PVH direct boot: the kernel and ramdisk bytes libxenguest places in guest memory, and its build log.
+"""PVH direct boot: the kernel and ramdisk bytes libxenguest places in guest memory (sevd.owner.pvh), and the
+host's reading of its build log (sevd.toolstack.xllog), checked against each other.
 
 Kernels are small synthetic ELF files with a Xen PHYS32_ENTRY note, as they are and wrapped in synthetic bzImages;
 Debian's own kernel and Xen's PVH shim are loaded too when present.
@@ -19,14 +20,8 @@ import pytest
 
 from sevd.errors import InputError
 from sevd.owner import pvh
-from sevd.owner.pvh import (
-    PAGE_SIZE,
-    Segment,
-    load_pvh_image,
-    measured_range,
-    measured_ranges,
-    parse_domain_builder_log,
-)
+from sevd.owner.pvh import PAGE_SIZE, load_pvh_image
+from sevd.toolstack.xllog import Segment, measured_range, measured_ranges, parse_domain_builder_log
 
 PF_X, PF_W, PF_R = 1, 2, 4
 PT_LOAD, PT_NOTE = 1, 4

@@ -12,8 +12,8 @@ from sevd.abi.policy import Policy
 from sevd.owner.secret import package_secret
 from sevd.owner.session import make_session
 from sevd.platform import Platform
+from sevd.toolstack.guestnodes import request_launch, send_command, send_secret
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import request_launch, send_command, send_secret
 from sevd.xen.xsclient import Xenstore
 
 pytestmark = pytest.mark.skipif(not OVMF.exists(), reason="Debian's ovmf package provides the boot image")

@@ -95,3 +95,26 @@ def test_boot_image_ranges_equal_guest_ranges_of_the_image(xen):
     domid = xen.create_domain("img", 2, b"\x01" * (3 * PAGE + 100))
     dom = xen.domains()[domid]
     assert xen.guest_ranges(domid, dom["image_gpa"], dom["image_size"])[0][0] == xen.boot_image_ranges(domid)[0][0]
+
+
+def test_capabilities_are_the_hosts_asid_split_and_count_what_awaits_a_flush(xen):
+    caps = xen.sev_capabilities()
+    assert (caps.source, caps.available, caps.min_sev_asid, caps.max_asid, caps.cbit) == ("simulated", True, 5, 8, 47)
+    assert caps.es and caps.launches_es and list(caps.es_asids) == [1, 2, 3, 4]
+    assert caps.awaiting_flush == 0 and not caps.test_mode
+    domid = xen.create_domain("g", 1, b"")
+    xen.make_sev_domain(domid, es=False)
+    xen.destroy(domid)
+    assert xen.sev_capabilities().awaiting_flush == 1
+
+
+def test_capabilities_without_es_asids(tmp_path):
+    PhysicalMemory.create(tmp_path / "memory.img", 1 << 20).close()
+    caps = SimulatedXen.create(tmp_path, (1 << 20) // PAGE, max_asid=4, min_sev_asid=1).sev_capabilities()
+    assert (caps.min_sev_asid, caps.max_asid, list(caps.es_asids)) == (1, 4, [])
+
+
+def test_capabilities_of_a_missing_host_say_so_with_a_hint(tmp_path):
+    with pytest.raises(HypervisorError, match="simulated host unreadable") as err:
+        SimulatedXen(tmp_path / "nowhere").sev_capabilities()
+    assert "[hypervisor] path" in err.value.hint

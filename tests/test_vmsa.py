@@ -11,8 +11,8 @@ from sevd.abi.policy import Policy
 from sevd.owner.measurement import verify_measurement
 from sevd.owner.session import make_session
 from sevd.platform import Platform
+from sevd.toolstack.guestnodes import request_launch
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import request_launch
 
 
 def field(page, offset):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sevd.xen import domctl as dc
-from sevd.xen.hypervisor import HypervisorError, SevDomain
+from sevd.xen.hypervisor import HypervisorError, SevCapabilities, SevDomain
 
 REPO = Path(__file__).resolve().parent.parent
 PATCH_DIR = REPO / "xen-patches" / "xen"
@@ -310,6 +310,54 @@ def test_info_bytes_and_answer():
     assert sent[:24] == frame(0x7FF4, 0)
     ptr = struct.unpack_from("<Q", sent, 16 + 8 + 24)[0]
     assert struct.unpack_from("<6I", sent, 24) == (0, 0, 0, 0, 0, 1024) and ptr != 0
+
+
+def test_sev_capabilities_come_from_one_info_call():
+    def xen(d):
+        info = d.u.sev_op.u.info
+        dirty = ffi.cast("uint32_t *", info.dirty)
+        dirty[0], dirty[1], dirty[2] = 2, 6, 7
+        info.flags = dc.SEV_INFO_AVAILABLE | dc.SEV_INFO_TEST_MODE | dc.SEV_INFO_ES
+        info.cbit, info.phys_reduction, info.max_asid, info.min_sev_asid, info.nr_dirty = 51, 1, 15, 6, 3
+        return 0
+
+    lib = FakeXencall(xen)
+    caps = dc.DomctlXen(lib).sev_capabilities()
+    assert caps == SevCapabilities(
+        source="Xen",
+        available=True,
+        min_sev_asid=6,
+        max_asid=15,
+        cbit=51,
+        es=True,
+        launches_es=False,  # xen-patches/ has no SEV-ES VMSA or #VC handling
+        test_mode=True,
+        awaiting_flush=3,
+        why_unavailable="see `xl dmesg | grep SEV` for Xen's reason",
+    )
+    assert list(caps.es_asids) == [1, 2, 3, 4, 5]
+    assert len(lib.calls) == 1 and lib.calls[0][:24] == frame(0x7FF4, dc.SEV_INFO)
+    assert not lib.buffers
+
+
+def test_sev_capabilities_of_a_xen_without_sev():
+    def xen(d):
+        d.u.sev_op.u.info.flags = 0
+        d.u.sev_op.u.info.nr_dirty = 0
+        return 0
+
+    caps = dc.DomctlXen(FakeXencall(xen)).sev_capabilities()
+    assert not caps.available and not caps.es and caps.awaiting_flush == 0
+
+
+def test_sev_capabilities_refused_name_the_domctl_and_the_fix():
+    def xen(d):
+        ffi.errno = errno.ENOSYS
+        return -1
+
+    with pytest.raises(HypervisorError, match="^Xen's SEV domctl: Xen refused INFO: ENOSYS") as err:
+        dc.DomctlXen(FakeXencall(xen)).sev_capabilities()
+    assert err.value.hint == "boot the patched Xen (xen-patches/)"
 
 
 def test_get_ranges_bytes_chunks_and_coalescing():

@@ -5,8 +5,8 @@ import pytest
 from daemon_harness import Harness, wait_for
 
 from sevd.platform import Platform
+from sevd.toolstack.guestnodes import send_command
 from sevd.xen import protocol as proto
-from sevd.xen.toolstack import send_command
 from sevd.xen.xsclient import Xenstore
 from sevd_sim.xenstored import XenstoredStandIn
 

@@ -357,20 +357,55 @@ def test_pvh_guest_attested_on_the_simulated_host(harness, tmp_path):
 
 
 def test_ok_on_xen_asks_xen_for_sev_and_warns_that_sev_es_is_not_launched():
-    from sevd.cli import xl_sev
-    from sevd.xen.domctl import SevInfo
+    from sevd.toolstack.hostcheck import sev_checks
+    from sevd.xen.domctl import DomctlXen, SevInfo
     from sevd.xen.hypervisor import HypervisorError
 
-    info = SevInfo(True, True, True, 47, 5, 7, 4, (5,))
-    sev, es = xl_sev._xen_sev_checks(lambda: info)
+    def xen_answering(info):
+        xen = object.__new__(DomctlXen)
+        xen.info = lambda: info
+        return xen.sev_capabilities
+
+    sev, es = sev_checks(xen_answering(SevInfo(True, True, True, 47, 5, 7, 4, (5,))))
     assert sev.ok and sev.detail.startswith("Xen: SEV ASIDs 4..7, C-bit 47, 1 awaiting DF_FLUSH")
     assert "TEST MODE (sev=test), NOT SECURE" in sev.detail
     assert not es.ok and not es.required and "plain SEV guests only" in es.detail
-    off = xl_sev._xen_sev_checks(lambda: SevInfo(False, False, False, 0, 0, 0, 0, ()))
+    assert "SEV-ES reported (SEV-ES ASIDs 1..3)" in es.detail
+    off = sev_checks(xen_answering(SevInfo(False, False, False, 0, 0, 0, 0, ())))
     assert not off[0].ok and off[0].required and "xl dmesg" in off[0].hint
 
     def refused():
         raise HypervisorError("this Xen lacks the SEV patches (XEN_DOMCTL_sev_op unknown)")
 
-    (bad,) = xl_sev._xen_sev_checks(refused)
-    assert not bad.ok and "lacks the SEV patches" in bad.detail and "xen-patches" in bad.hint
+    xen = object.__new__(DomctlXen)
+    xen.info = refused
+    (bad,) = sev_checks(xen.sev_capabilities)
+    assert not bad.ok and bad.detail.startswith("Xen's SEV domctl: this Xen lacks the SEV patches")
+    assert "xen-patches" in bad.hint
+
+
+def test_ok_on_a_simulated_host_asks_the_simulated_xen(harness):
+    from sevd.toolstack.hostcheck import sev_checks
+
+    caps = harness.toolstack.xen.sev_capabilities()
+    assert (caps.source, caps.min_sev_asid, caps.launches_es) == ("simulated", 5, True)
+    sev, es = sev_checks(lambda: caps)
+    assert sev.ok and sev.detail.startswith(f"simulated: SEV ASIDs 5..{caps.max_asid}, C-bit 47")
+    assert es.ok and es.detail == "simulated: SEV-ES ASIDs 1..4"
+
+
+def test_ok_says_what_the_backends_are_without_asking_their_names(harness, tmp_path):
+    out = xl(harness, "ok").stdout
+    assert f"[ PASS ] /dev/sev: simulated PSP at {harness.host.root}" in out, out
+    assert f"[ PASS ] Xen: simulated Xen at {harness.host.root}" in out, out
+    # a host on the device backend: the device node is missing, and nothing further is probed
+    cfg = tmp_path / "device.toml"
+    cfg.write_text(
+        f'[psp]\nbackend = "device"\npath = "{tmp_path}/no-sev"\n'
+        f'[hypervisor]\nbackend = "simulated"\npath = "{harness.host.root}"\n'
+        f'[xenstore]\nsocket = "{harness.host.root}/xenstored.sock"\n'
+    )
+    proc = run("xl-sev", "--config", cfg, "ok")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"[ FAIL ] /dev/sev: {tmp_path}/no-sev missing, not writable" in proc.stdout, proc.stdout
+    assert "guest-command ioctl" not in proc.stdout and "[ FAIL ] firmware: not checked: no PSP" in proc.stdout

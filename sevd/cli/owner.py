@@ -12,12 +12,13 @@ import json
 import pathlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from sevd.abi import certs
 from sevd.abi.launch import LaunchMeasurement
+from sevd.abi.policy import Policy
 from sevd.errors import InputError, SevdError, VerificationError
 from sevd.owner import files
 from sevd.owner import measurement as owner_measurement
@@ -29,29 +30,13 @@ EXIT_OK = 0
 EXIT_VERIFY = 1
 EXIT_INPUT = 2
 
-_RESERVED_POLICY_BITS = 0x0000FFC0
-
 
 def parse_policy(text: str) -> int:
-    """The guest policy word; uses sevd.abi.policy when present, else checks the reserved bits 6-15 here."""
-    try:
-        from sevd.abi.policy import Policy
-    except ImportError:  # pragma: no cover - only without the ABI policy module
-        return _parse_policy_locally(text)
+    """The guest policy word (sevd.abi.policy: a number or flag names; reserved bits refused)."""
     try:
         return int(Policy.parse(text))
     except InputError as exc:
         raise InputError(f"--policy: {exc}") from None
-
-
-def _parse_policy_locally(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise InputError(f"--policy {text!r}: not a number") from None
-    if not 0 <= value <= 0xFFFFFFFF or value & _RESERVED_POLICY_BITS:
-        raise InputError(f"--policy 0x{value:x}: must be 32 bits with reserved bits 6-15 zero")
-    return value
 
 
 def parse_api(text: str) -> tuple[int, int]:
@@ -114,7 +99,7 @@ def _verb(fn: Callable[..., _Result]) -> Callable[..., None]:
     return wrapper
 
 
-def _fail(as_json: bool, code: int, kind: str, message: str) -> None:
+def _fail(as_json: bool, code: int, kind: str, message: str) -> NoReturn:
     if as_json:
         click.echo(json.dumps({"ok": False, "error": kind, "message": message}, sort_keys=True))
     else:

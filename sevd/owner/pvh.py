@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import io
 import lzma
-import re
 import struct
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sevd.abi.units import PAGE_SIZE
@@ -112,17 +110,6 @@ class PvhImage:
     @property
     def module_pages(self) -> int:
         return 0 if self.module_size is None else _pages(self.module_size)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One `xc_dom_alloc_segment` line of a domain builder log."""
-
-    name: str
-    vstart: int
-    vend: int
-    pfn: int
-    pages: int
 
 
 def _pages(size: int) -> int:
@@ -595,69 +582,3 @@ def load_pvh_image(
         module_after_start_info=ramdisk is not None and k.unmapped_initrd,
         data=region.getvalue(),
     )
-
-
-# --- domain builder log -----------------------------------------------------------------------------------------
-
-# xc_dom_alloc_segment's debug line: "%-20s:   %-12s : 0x%x -> 0x%x  (pfn 0x%x + 0x%x pages)"
-_SEGMENT_LINE = re.compile(
-    r"xc_dom_alloc_segment:\s+(?P<name>\S(?:.*?\S)?)\s+:\s+0x(?P<vstart>[0-9a-fA-F]+)\s+->\s+0x(?P<vend>[0-9a-fA-F]+)"
-    r"\s+\(pfn\s+0x(?P<pfn>[0-9a-fA-F]+)\s+\+\s+0x(?P<pages>[0-9a-fA-F]+)\s+pages\)"
-)
-
-
-def parse_domain_builder_log(text: str) -> dict[str, Segment]:
-    """The segments libxenguest allocated, from `xl -vvv create` output (its xc_dom_alloc_segment lines)."""
-    segments: dict[str, Segment] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        m = _SEGMENT_LINE.search(line)
-        if m is None:
-            continue
-        seg = Segment(m["name"], *(int(m[k], 16) for k in ("vstart", "vend", "pfn", "pages")))
-        if seg.name in segments:
-            raise InputError(f"domain builder log line {n}: segment {seg.name!r} appears twice (one build per log)")
-        if seg.vend < seg.vstart or seg.pages != _pages(seg.vend - seg.vstart):
-            raise InputError(f"domain builder log line {n}: segment {seg.name!r} has inconsistent size and pages")
-        segments[seg.name] = seg
-    if "kernel" not in segments:
-        raise InputError("domain builder log: no xc_dom_alloc_segment line for the kernel (was xl run with -vvv?)")
-    return segments
-
-
-def _kernel_and_module(segments: Mapping[str, Segment]) -> tuple[Segment, Segment | None]:
-    kernel = segments.get("kernel")
-    if kernel is None:
-        raise InputError("domain builder log: no kernel segment")
-    if kernel.vstart != kernel.pfn * PAGE_SIZE:
-        raise InputError(
-            f"domain builder log: kernel segment at {kernel.vstart:#x} is not at its pfn {kernel.pfn:#x}: "
-            "not a PVH guest's build"
-        )
-    return kernel, segments.get("module0")
-
-
-def measured_range(segments: Mapping[str, Segment]) -> tuple[int, int]:
-    """(guest-physical address, size) of the kernel segment and module0 right after it, in whole pages."""
-    kernel, module = _kernel_and_module(segments)
-    if module is None:
-        return kernel.pfn * PAGE_SIZE, kernel.pages * PAGE_SIZE
-    if module.pfn != kernel.pfn + kernel.pages:
-        raise InputError(
-            f"domain builder log: module0 starts at pfn {module.pfn:#x}, not right after the kernel "
-            f"(pfn {kernel.pfn + kernel.pages:#x}); kernel and ramdisk are not one contiguous range"
-        )
-    return kernel.pfn * PAGE_SIZE, (kernel.pages + module.pages) * PAGE_SIZE
-
-
-def measured_ranges(segments: Mapping[str, Segment]) -> list[tuple[int, int]]:
-    """The kernel and module0 ranges, in that order (one range when adjacent).
-
-    Measuring them one after the other gives the same digest as `PvhImage.data`, also when the HVM start info
-    page lies between them.
-    """
-    kernel, module = _kernel_and_module(segments)
-    if module is None or module.pfn == kernel.pfn + kernel.pages:
-        return [measured_range(segments)]
-    if module.pfn < kernel.pfn + kernel.pages and module.pfn + module.pages > kernel.pfn:
-        raise InputError("domain builder log: module0 overlaps the kernel segment")
-    return [(kernel.pfn * PAGE_SIZE, kernel.pages * PAGE_SIZE), (module.pfn * PAGE_SIZE, module.pages * PAGE_SIZE)]

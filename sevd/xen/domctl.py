@@ -23,7 +23,7 @@ from cffi import FFI
 
 from sevd.abi.units import PAGE_SIZE as PAGE
 from sevd.abi.units import Asid, DomId, Gpa, Spa
-from sevd.xen.hypervisor import HypervisorError, SevDomain
+from sevd.xen.hypervisor import HypervisorError, SevCapabilities, SevDomain
 
 # Xen 4.17's domctl interface version; the patches keep it, so Debian's tools still work.
 XEN_DOMCTL_INTERFACE_VERSION = 0x00000015
@@ -164,6 +164,9 @@ _READ_HINTS = {
 }
 
 
+PATCHED_XEN_HINT = "boot the patched Xen (xen-patches/)"
+
+
 class DomctlError(HypervisorError):
     """Xen refused a sub-op; `errno` says why, for callers that must tell refusals apart."""
 
@@ -208,7 +211,9 @@ class DomctlXen:
             try:
                 lib = ffi.dlopen("libxencall.so.1")
             except OSError as exc:
-                raise HypervisorError(f"cannot load libxencall.so.1 ({exc}): not a Xen Dom0?") from None
+                raise HypervisorError(
+                    f"cannot load libxencall.so.1 ({exc}): not a Xen Dom0?", hint=PATCHED_XEN_HINT
+                ) from None
         self.lib = lib
         self.image_frames = image_frames or ovmf_layout()
         # Whether a domain still exists; the daemon answers from xenstore (/local/domain/<domid>).
@@ -217,7 +222,8 @@ class DomctlXen:
         if self.handle == ffi.NULL:
             raise HypervisorError(
                 f"cannot open Xen's privcmd interface ({errno_mod.errorcode.get(ffi.errno, ffi.errno)}): "
-                "not running in Dom0 of a Xen host?"
+                "not running in Dom0 of a Xen host?",
+                hint=PATCHED_XEN_HINT,
             )
 
     def close(self) -> None:
@@ -293,6 +299,26 @@ class DomctlXen:
             )
         finally:
             self._free(dirty)
+
+    def sev_capabilities(self) -> SevCapabilities:
+        """INFO as the host checks show it.  This Xen launches plain SEV guests only: xen-patches/ has no
+        SEV-ES VMSA or #VC handling yet, whatever the CPU reports."""
+        try:
+            info = self.info()
+        except HypervisorError as exc:
+            raise HypervisorError(f"Xen's SEV domctl: {exc}", hint=PATCHED_XEN_HINT) from None
+        return SevCapabilities(
+            source="Xen",
+            available=info.available,
+            min_sev_asid=info.min_sev_asid,
+            max_asid=info.max_asid,
+            cbit=info.cbit,
+            es=info.es,
+            launches_es=False,
+            test_mode=info.test_mode,
+            awaiting_flush=len(info.dirty),
+            why_unavailable="see `xl dmesg | grep SEV` for Xen's reason",
+        )
 
     def make_sev_domain(self, domid: DomId, es: bool) -> SevDomain:
         out = self._sev_op(domid, SEV_MAKE_SEV, "MAKE_SEV", flags=SEV_FLAG_ES if es else 0)

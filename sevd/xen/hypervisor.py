@@ -15,7 +15,11 @@ from sevd.errors import SevdError
 
 
 class HypervisorError(SevdError):
-    """Xen refused an SEV operation; the message says which and why."""
+    """Xen refused an SEV operation; the message says which and why, `hint` what to do about it."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +27,29 @@ class SevDomain:
     domid: DomId
     asid: Asid
     cbit: int  # the C-bit's position in a guest page-table entry (CPUID 0x8000001F EBX[5:0])
+
+
+@dataclasses.dataclass(frozen=True)
+class SevCapabilities:
+    """What the hypervisor says of SEV on this host: the ASID split, the C-bit, what it launches.
+
+    ASIDs 1..min_sev_asid-1 are SEV-ES ASIDs, min_sev_asid..max_asid plain SEV ones.
+    """
+
+    source: str  # who answers, as the host checks name it: "Xen", "simulated"
+    available: bool  # SEV guests can be launched (the CPU has SEV and the hypervisor enabled it)
+    min_sev_asid: int
+    max_asid: int
+    cbit: int
+    es: bool  # the CPU reports SEV-ES
+    launches_es: bool  # this hypervisor runs SEV-ES guests (their VMSAs, #VC)
+    test_mode: bool = False  # Xen's sev=test: nothing is encrypted
+    awaiting_flush: int = 0  # ASIDs of dead SEV domains waiting for WBINVD + DF_FLUSH
+    why_unavailable: str = ""  # where to read why SEV is not available, when it is not
+
+    @property
+    def es_asids(self) -> range:
+        return range(1, self.min_sev_asid)
 
 
 class Hypervisor(Protocol):
@@ -55,3 +82,9 @@ class Hypervisor(Protocol):
         ...
 
     def domain_exists(self, domid: DomId) -> bool: ...
+
+    def sev_capabilities(self) -> SevCapabilities:
+        """The host's SEV as this hypervisor runs it (`xl-sev ok`); HypervisorError when it cannot say."""
+        ...
+
+    def close(self) -> None: ...

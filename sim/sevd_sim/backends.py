@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from sevd.abi.units import DomId
+from sevd.backends import Presence
 from sevd.config import Config
 from sevd.errors import InputError
 from sevd.psp.device import PspClient
+from sevd.toolstack.interface import Toolstack
 from sevd.xen.hypervisor import Hypervisor
-from sevd.xen.toolstack import Toolstack
+from sevd.xen.xsclient import Xenstore
 from sevd_sim.psp.device import SimulatedPsp
 from sevd_sim.toolstack import SimulatedHostToolstack
 from sevd_sim.xen import SimulatedXen
@@ -42,6 +44,9 @@ class XenWithSimulatedPsp:
         self.psp_wbinvd()  # only once Xen has done it: a refused WBINVD must leave DF_FLUSH refused
 
 
+AMD_ROOTS = ("ark.cert", "ask.cert")
+
+
 class SimulatedBackend:
     """The simulated PSP, the simulated Xen and its toolstack, in the host directory the config names."""
 
@@ -50,6 +55,17 @@ class SimulatedBackend:
             return PspClient(SimulatedPsp(Path(config.psp_path), writable=write))
         except FileNotFoundError as exc:
             raise InputError(f"{config.source}: [psp] path: {exc}") from None
+
+    def psp_presence(self, config: Config) -> Presence:
+        return Presence(True, f"simulated PSP at {config.psp_path}")
+
+    def amd_roots(self, config: Config) -> dict[str, bytes]:
+        """The simulated chip's own ARK and ASK: AMD's real roots do not sign its CEK."""
+        identity = Path(config.psp_path) / "psp" / "identity"
+        return {name: (identity / name).read_bytes() for name in AMD_ROOTS}
+
+    def hypervisor_presence(self, config: Config) -> Presence:
+        return Presence(True, f"simulated Xen at {config.hypervisor_path}")
 
     def open_hypervisor(self, config: Config, exists: Callable[[DomId], bool]) -> Hypervisor:
         host = Path(config.hypervisor_path)
@@ -60,7 +76,7 @@ class SimulatedBackend:
             return hypervisor
         return XenWithSimulatedPsp(hypervisor, SimulatedPsp(Path(config.psp_path)).wbinvd_all_cpus)
 
-    def open_toolstack(self, config: Config, xs: Any) -> Toolstack:
+    def open_toolstack(self, config: Config, xs: Xenstore) -> Toolstack:
         return SimulatedHostToolstack(config.hypervisor_path, xs)
 
 

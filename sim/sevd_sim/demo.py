@@ -217,7 +217,7 @@ class Demo:
         )
 
         self.say("\nwhat the host sees of the guest's memory:")
-        from sevd.xen.toolstack import read_request
+        from sevd.toolstack.guestnodes import read_request
 
         request = read_request(xs, domid)
         if request is None:

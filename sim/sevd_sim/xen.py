@@ -14,7 +14,7 @@ from sevd.abi.units import PAGE_SIZE as PAGE
 from sevd.abi.units import Asid, DomId, Gpa, Spa
 from sevd.abi.vmsa import reset_vmsas
 from sevd.durable import exclusive, read_json, write_json
-from sevd.xen.hypervisor import HypervisorError, SevDomain
+from sevd.xen.hypervisor import HypervisorError, SevCapabilities, SevDomain
 from sevd_sim.psp.memory import PhysicalMemory
 
 
@@ -79,7 +79,7 @@ class SimulatedXen:
 
     # -- toolstack side (xl create -p / unpause / destroy) ------------------------------------------------
 
-    def create_domain(self, name: str, memory_mb: int, image: bytes, vcpus: int = 1) -> int:
+    def create_domain(self, name: str, memory_mb: int, image: bytes, vcpus: int = 1) -> DomId:
         """`xl create -p`: a paused domain with `image` loaded at the top of its first 4 GiB, like OVMF."""
         pages = memory_mb * 1024 * 1024 // PAGE
         with self._locked():
@@ -260,6 +260,26 @@ class SimulatedXen:
             state = self._load()
             state["dirty_asids"] = [a for a in state["dirty_asids"] if a not in set(asids)]
             self._save(state)
+
+    def sev_capabilities(self) -> SevCapabilities:
+        """The simulated CPU's ASID split from the host's state; it runs SEV-ES guests when it has ES ASIDs."""
+        try:
+            state = self._load()
+        except OSError as exc:
+            raise HypervisorError(f"simulated host unreadable: {exc}", hint="check [hypervisor] path") from None
+        return SevCapabilities(
+            source="simulated",
+            available=True,
+            min_sev_asid=state["min_sev_asid"],
+            max_asid=state["max_asid"],
+            cbit=self.CBIT,
+            es=True,
+            launches_es=True,
+            awaiting_flush=len(state["dirty_asids"]),
+        )
+
+    def close(self) -> None:
+        """Nothing stays open between calls: each reads and writes the host's files."""
 
 
 def _mfn_runs(frame_runs: list[list[int]], first_gfn: int, count: int) -> Iterator[tuple[int, int]]:
