@@ -29,27 +29,27 @@ def run(*args: str):
 # -- verify-chain --------------------------------------------------------------------------------------------------
 
 
-def test_verify_chain_accepts_the_rome_platform_with_rome_roots(tmp_path):
-    result = run("verify-chain", rome_chain_dir(tmp_path))
-    assert result.exit_code == 0, result.output
-    assert "chain OK" in result.output and "roots from directory" in result.output
-
-
-def test_verify_chain_without_roots_finds_the_rome_generation(tmp_path):
+def test_verify_chain_accepts_the_real_rome_platform_with_amds_bundled_rome_roots(tmp_path):
     result = run("verify-chain", rome_chain_dir(tmp_path, with_roots=False), "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert out == {"ok": True, "roots": "builtin:rome", "generation": "rome"}
+    assert out == {"ok": True, "roots": "builtin:rome", "generation": "rome", "amd_roots": True}
 
 
-def test_verify_chain_with_ask_ark_file(tmp_path):
+def test_verify_chain_accepts_amds_own_rome_root_files_in_the_directory(tmp_path):
+    result = run("verify-chain", rome_chain_dir(tmp_path))  # ark.cert + ask.cert: AMD's Rome bytes
+    assert result.exit_code == 0, result.output
+    assert "roots: AMD's bundled rome roots" in result.output and "WARNING" not in result.output
+
+
+def test_verify_chain_with_amds_ask_ark_file(tmp_path):
     d = rome_chain_dir(tmp_path, with_roots=False)
     (d / "ask_ark.cert").write_bytes(
         (ROOTS / "rome" / "ask.cert").read_bytes() + (ROOTS / "rome" / "ark.cert").read_bytes()
     )
     result = run("verify-chain", d, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["roots"] == "ask_ark.cert"
+    assert json.loads(result.output)["roots"] == "builtin:rome"
 
 
 def test_verify_chain_with_milan_roots_exits_1_naming_the_link(tmp_path):
@@ -123,6 +123,7 @@ def test_session_refuses_a_pdh_whose_chain_fails(tmp_path):
     shutil.copyfile(ROOTS / "genoa" / "ark.cert", d / "ark.cert")
     result = run("session", "--pdh", d / "pdh.cert", "--policy", "0", "--out", tmp_path / "out")
     assert result.exit_code == 1
+    assert f"{d / 'ark.cert'}: this ARK is not AMD's rome ARK" in result.output
     assert not (tmp_path / "out").exists()
 
 

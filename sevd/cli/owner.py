@@ -133,17 +133,24 @@ def main() -> None:
 
 @main.command("verify-chain")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--ark", type=click.Path(dir_okay=False), help="AMD root key (default: DIR/ark.cert or built in).")
-@click.option("--ask", type=click.Path(dir_okay=False), help="AMD signing key (default: DIR/ask.cert or built in).")
+@click.option(
+    "--roots", type=click.Path(file_okay=False), help="Trust the ark.cert + ask.cert in this directory, not AMD's."
+)
+@click.option("--ark", type=click.Path(dir_okay=False), help="Trust this root key instead of AMD's (with --ask).")
+@click.option("--ask", type=click.Path(dir_okay=False), help="Trust this signing key instead of AMD's (with --ark).")
 @_verb
-def verify_chain_cmd(directory: str, ark: str | None, ask: str | None) -> _Result:
-    """Verify PDH <- PEK <- (OCA, CEK <- ASK <- ARK) from DIR (pdh.cert pek.cert oca.cert cek.cert)."""
-    report = verify_chain_dir(directory, ark, ask)
-    gen = report.generation or "unknown"
+def verify_chain_cmd(directory: str, roots: str | None, ark: str | None, ask: str | None) -> _Result:
+    """Verify PDH <- PEK <- (OCA, CEK <- ASK <- ARK) from DIR (pdh.cert pek.cert oca.cert cek.cert).
+
+    Only AMD's bundled roots are trusted; root files in DIR must be AMD's. Other roots only when named."""
+    report = verify_chain_dir(directory, roots, ark=ark, ask=ask)
+    lines = [f"chain OK: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots: {report.describe_roots()}"]
     return _Result(
-        [f"chain OK: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots from {report.roots} (generation {gen})"],
+        lines + ([report.warning] if report.warning else []),
         roots=report.roots,
         generation=report.generation,
+        amd_roots=report.amd,
+        **({"warning": report.warning} if report.warning else {}),
     )
 
 
@@ -155,31 +162,36 @@ def verify_chain_cmd(directory: str, ark: str | None, ask: str | None) -> _Resul
 @click.option("--policy", required=True, help="Guest policy, e.g. 0x1 or NODBG|NOKS.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write to.")
 @click.option("--chain-dir", type=click.Path(file_okay=False), help="Certificates to verify the PDH with.")
+@click.option("--roots", type=click.Path(file_okay=False), help="Trust these roots, not AMD's (see verify-chain).")
 @click.option("--no-verify", is_flag=True, help="Do not verify the PDH's chain (testing only).")
 @click.option("--name", default="guest", show_default=True, help="Prefix of the sevctl-style files.")
 @_verb
-def session_cmd(pdh_path: str, policy: str, out_dir: str, chain_dir: str | None, no_verify: bool, name: str) -> _Result:
+def session_cmd(
+    pdh_path: str, policy: str, out_dir: str, chain_dir: str | None, roots: str | None, no_verify: bool, name: str
+) -> _Result:
     """Make a launch session: godh.cert, launch_blob.bin, tmp_tk.bin and NAME_{godh,session}.b64,
     NAME_{tek,tik}.bin."""
     policy_value = parse_policy(policy)
+    warning: list[str] = []
     if no_verify:
-        if chain_dir is not None:
-            raise InputError("give --chain-dir or --no-verify, not both")
+        if chain_dir is not None or roots is not None:
+            raise InputError("give --chain-dir/--roots or --no-verify, not both")
         pdh = certs.SevCert.parse(files.read_bytes(pdh_path, "PDH certificate"), pdh_path)
         verified = "not verified (--no-verify)"
     else:
         directory = pathlib.Path(chain_dir) if chain_dir else pathlib.Path(pdh_path).resolve().parent
-        report = verify_chain_dir(directory)
+        report = verify_chain_dir(directory, roots)
         pdh = certs.SevCert.parse(files.read_bytes(pdh_path, "PDH certificate"), pdh_path)
         if pdh != report.chain.pdh:
             raise VerificationError(f"{pdh_path} is not the PDH of the chain verified in {directory}")
-        verified = f"chain verified in {directory} (roots from {report.roots})"
+        verified = f"chain verified in {directory} (roots: {report.describe_roots()})"
+        warning = [report.warning] if report.warning else []
     if pdh.usage != certs.Usage.PDH:
         raise InputError(f"{pdh_path}: holds a {pdh.role} key, expected PDH")
     session = make_session(pdh, policy_value)
     written = write_session(out_dir, session, name)
     return _Result(
-        [f"PDH {verified}", f"policy 0x{policy_value:08x}", *(f"wrote {p}" for p in written)],
+        [f"PDH {verified}", *warning, f"policy 0x{policy_value:08x}", *(f"wrote {p}" for p in written)],
         policy=policy_value,
         verified=not no_verify,
         files=[str(p) for p in written],

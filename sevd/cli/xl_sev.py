@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import errno
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -127,20 +126,14 @@ def platform_status(ctx: click.Context) -> None:
 
 @platform.command("export")
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--kds-url", help="Key server base URL (default: [keyserver] url, AMD's https://kdsintf.amd.com).")
 @click.pass_context
 @reports_errors
-def platform_export(ctx: click.Context, directory: str) -> None:
-    """PDH_CERT_EXPORT into DIRECTORY as sev-tool names the files (pdh, pek, oca, cek .cert).
-
-    On a simulated host, the simulated AMD ark.cert and ask.cert are written too.
-    """
-    config = Config.load(ctx.find_root().obj["config_path"])
-    paths = Platform(open_psp(config, write=False)).pdh_cert_export().write(directory)
-    if config.psp_backend == "simulated":
-        for name in ("ark.cert", "ask.cert"):
-            target = Path(directory) / name
-            shutil.copyfile(Path(config.psp_path) / "psp" / "identity" / name, target)
-            paths.append(target)
+def platform_export(ctx: click.Context, directory: str, kds_url: str | None) -> None:
+    """The full chain into DIRECTORY as sev-tool names the files: pdh, pek, oca (PDH_CERT_EXPORT), the CEK AMD
+    signed (from the key server, by GET_ID's chip id), ark and ask .cert."""
+    config = _config(ctx)
+    paths = _platform(ctx, write=False).export_full_chain(directory, config.keyserver(kds_url))
     emit(ctx, {"files": [str(p) for p in paths]}, "\n".join(str(p) for p in paths))
 
 
@@ -386,14 +379,13 @@ class LocalOwner:
 
         self.directory.mkdir(parents=True, exist_ok=True)
         platform = Platform(open_psp(config, write=False))
-        platform.pdh_cert_export().write(self.directory)
-        if config.psp_backend == "simulated":  # the simulated chip's AMD root, exported alongside
-            for name in ("ark.cert", "ask.cert"):
-                shutil.copyfile(Path(config.psp_path) / "psp" / "identity" / name, self.directory / name)
-        report = verify_chain_dir(self.directory)
+        platform.export_full_chain(self.directory, config.keyserver())
+        report = verify_chain_dir(self.directory, config.owner_roots or None)
         progress.line(
-            f"owner: platform chain verified: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots from {report.roots}"
+            f"owner: platform chain verified: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots: {report.describe_roots()}"
         )
+        if report.warning:
+            progress.line(f"owner: {report.warning}")
         self.session = make_session(report.chain.pdh, int(guest.policy))
         write_session(self.directory, self.session, guest.name)
         progress.line(
