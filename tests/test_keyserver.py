@@ -27,6 +27,7 @@ from sevd.psp.device import PspClient
 from sevd_sim import kds
 from sevd_sim.host import simulated_roots
 from sevd_sim.psp.device import SimulatedPsp, create_psp
+from sevd_sim.psp.memory import PhysicalMemory
 
 BIN = Path(sys.executable).parent
 
@@ -188,18 +189,17 @@ def test_a_corrupt_cache_entry_is_fetched_again(sim_host, tmp_path):
 
 def test_a_cek_whose_key_is_not_the_firmwares_is_refused(sim_host, tmp_path):
     other = tmp_path / "other"
-    shutil.copytree(sim_host, other)
-    shutil.rmtree(other / "psp")
+    other.mkdir()
+    PhysicalMemory.create(other / "memory.img", 1 << 20).close()
     create_psp(other)  # another chip, same simulated AMD
     chip_id = platform(sim_host).get_id()
     stranger = kds.signed_cek(other, platform(other).get_id())
-    tree = _tree_with_cek(tmp_path, chip_id, stranger.to_bytes())
+    tree = _tree_with_cek(tmp_path, chip_id, stranger.to_bytes())  # a key server with the wrong CEK
     out = tmp_path / "chain"
     platform(sim_host).pdh_cert_export().write(out)
-    server = KeyServer(url=(tmp_path / "tree").resolve().as_uri(), cache_dir=None)
+    server = KeyServer(url=tree.resolve().as_uri(), cache_dir=None)
     with pytest.raises(KeyServerError, match="its CEK holds a different key than this firmware's CEK"):
         complete_chain_dir(out, chip_id, dataclasses.replace(server, generation="simulated"))
-    assert tree.exists()
 
 
 def test_the_real_rome_cek_from_a_key_server_completes_a_chain_verified_by_amds_roots(serve, tmp_path):
@@ -280,3 +280,32 @@ def test_xl_sev_export_with_an_unreachable_server_and_no_cache_exits_1_with_one_
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith(f"error: cannot fetch {closed_url}/cek/id/") and "chip id" in lines[0]
+
+
+def _rome_export(tmp_path: Path, firmware_cek: bytes) -> Path:
+    out = tmp_path / "chain"
+    out.mkdir()
+    for name in ("pdh", "pek", "oca"):
+        shutil.copyfile(PLATFORM_ROME / f"{name}.cert", out / f"{name}.cert")
+    (out / "cek.cert").write_bytes(firmware_cek)
+    return out
+
+
+def test_a_dummy_firmware_cek_relies_on_the_fetched_cek_signing_the_pek(sim_host, serve, tmp_path):
+    chip_id = bytes(range(64))
+    real_cek = (PLATFORM_ROME / "cek.cert").read_bytes()
+    tree = _tree_with_cek(tmp_path, chip_id, real_cek)
+    resources = tree / "wp-content" / "resources"
+    resources.mkdir(parents=True)
+    (resources / "ask_ark_rome.cert").write_bytes(
+        (ROOTS / "rome" / "ask.cert").read_bytes() + (ROOTS / "rome" / "ark.cert").read_bytes()
+    )
+    out = _rome_export(tmp_path, bytes(0x824))  # no usable key in the firmware's CEK
+    complete_chain_dir(out, chip_id, KeyServer(url=serve(tree), cache_dir=None))
+    assert verify_chain_dir(out).generation == "rome"
+    # a CEK that did not sign this platform's PEK (another chip's) is refused
+    other = kds.signed_cek(sim_host, platform(sim_host).get_id())
+    (tree / keyserver.cek_path(chip_id)).write_bytes(other.to_bytes())
+    (out / "cek.cert").write_bytes(bytes(0x824))
+    with pytest.raises(KeyServerError, match="its CEK did not sign this platform's PEK"):
+        complete_chain_dir(out, chip_id, KeyServer(url=serve(tree), cache_dir=None, generation="rome"))

@@ -203,6 +203,16 @@ def _check_ask_ark(data: bytes, url: str) -> tuple[AmdCert, AmdCert]:
 # -- completing an exported chain --------------------------------------------------------------------------------
 
 
+def _firmware_cek(data: bytes) -> SevCert | None:
+    """The firmware's exported CEK, or None when it holds no usable CEK key (Genoa firmware is documented to
+    export an unsigned dummy): the fetched CEK is then tied to the platform by its signature on the PEK alone."""
+    try:
+        cert = SevCert.parse(data, "the firmware's CEK")
+    except InputError:
+        return None
+    return cert if cert.usage == Usage.CEK else None
+
+
 @dataclasses.dataclass(frozen=True)
 class CompletedChain:
     paths: list[pathlib.Path]
@@ -222,11 +232,11 @@ def complete_chain_dir(directory: str | os.PathLike[str], chip_id: bytes, server
     """
     d = pathlib.Path(directory)
     cek_file = d / files.CEK
-    firmware_cek = SevCert.parse(files.read_bytes(cek_file, "the firmware's CEK"), str(cek_file))
+    firmware_cek = _firmware_cek(files.read_bytes(cek_file, "the firmware's CEK"))
     pek = SevCert.parse(files.read_bytes(d / files.PEK, "PEK"), str(d / files.PEK))
     url = server.cek_url(chip_id)
     signed = server.fetch_cek(chip_id)
-    if (signed.algo, signed.pubkey) != (firmware_cek.algo, firmware_cek.pubkey):
+    if firmware_cek is not None and (signed.algo, signed.pubkey) != (firmware_cek.algo, firmware_cek.pubkey):
         raise KeyServerError(
             f"key server {url}: its CEK holds a different key than this firmware's CEK (chip id {chip_id_hex(chip_id)})"
         )
