@@ -143,6 +143,22 @@ def test_session_with_named_roots_warns_and_without_them_refuses(foreign_chain, 
     assert "WARNING: the roots in" in made.output and (tmp_path / "yes" / "launch_blob.bin").exists()
 
 
+def test_fetch_cek_completes_a_firmware_export_from_the_key_server(sim_host, tmp_path):
+    platform = Platform(PspClient(SimulatedPsp(sim_host)))
+    d = tmp_path / "from-host"
+    platform.pdh_cert_export().write(d)  # the firmware's CEK, unsigned: no chain yet
+    assert run("verify-chain", d, "--roots", kds.roots_dir(sim_host)).exit_code == 1
+    chip = platform.get_id().hex()
+    args = ("--chip-id", chip, "--kds-url", kds.kds_url(sim_host), "--cache", tmp_path / "cache")
+    result = run("fetch-cek", d, *args, "--generation", "simulated", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["generation"] == "simulated"
+    assert run("verify-chain", d, "--roots", kds.roots_dir(sim_host)).exit_code == 0
+    assert run("verify-chain", d).exit_code == 1  # still not AMD's
+    bad = run("fetch-cek", d, "--chip-id", "zz", "--kds-url", kds.kds_url(sim_host))
+    assert bad.exit_code == 2 and "--chip-id" in bad.output
+
+
 def test_verify_chain_with_a_pek_not_signed_by_the_oca_exits_1(tmp_path):
     d = rome_chain_dir(tmp_path)
     pek = bytearray((d / "pek.cert").read_bytes())

@@ -19,7 +19,7 @@ import click
 from sevd.abi import certs
 from sevd.abi.launch import LaunchMeasurement
 from sevd.errors import InputError, SevdError, VerificationError
-from sevd.owner import files
+from sevd.owner import files, keyserver
 from sevd.owner import measurement as owner_measurement
 from sevd.owner import secret as owner_secret
 from sevd.owner.chain import verify_chain_dir
@@ -151,6 +151,31 @@ def verify_chain_cmd(directory: str, roots: str | None, ark: str | None, ask: st
         generation=report.generation,
         amd_roots=report.amd,
         **({"warning": report.warning} if report.warning else {}),
+    )
+
+
+@main.command("fetch-cek")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--chip-id", required=True, help="The platform's chip id (xl-sev platform get-id), hex.")
+@click.option("--kds-url", default=keyserver.AMD_KDS_URL, show_default=True, help="Key server base URL.")
+@click.option("--generation", help="Which ask_ark file to fetch (default: the AMD generation that signed the CEK).")
+@click.option("--cache", type=click.Path(file_okay=False), help="Cache directory (default $SEVD_CACHE_DIR/kds).")
+@_verb
+def fetch_cek_cmd(directory: str, chip_id: str, kds_url: str, generation: str | None, cache: str | None) -> _Result:
+    """Replace DIR/cek.cert (the firmware's, unsigned) by the CEK AMD signed, from the key server by chip id, and
+    add ask.cert and ark.cert. Verify with verify-chain afterwards: nothing fetched is trusted."""
+    try:
+        chip = bytes.fromhex(chip_id)
+    except ValueError:
+        raise InputError(f"--chip-id {chip_id[:16]!r}...: not hex") from None
+    cache_dir = pathlib.Path(cache) if cache else keyserver.default_cache_dir()
+    server = keyserver.KeyServer(url=kds_url, cache_dir=cache_dir, generation=generation)
+    done = keyserver.complete_chain_dir(directory, chip, server)
+    return _Result(
+        [f"CEK of chip {done.chip_id[:16]}... from {done.cek_url}", f"ASK+ARK from {done.ask_ark_url}"]
+        + [f"wrote {p}" for p in done.paths],
+        files=[str(p) for p in done.paths],
+        generation=done.generation,
     )
 
 

@@ -27,6 +27,8 @@ import pathlib
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from typing import TypeVar
 
 from sevd.abi import certs
 from sevd.abi.certs import AmdCert, SevCert, Usage
@@ -41,6 +43,7 @@ CACHE_ENV = "SEVD_CACHE_DIR"  # sevd's cache directory; the key server's cache i
 CHIP_ID_SIZE = 64  # GET_ID: 64 bytes per socket; the key server knows a chip by the first socket's id
 MAX_ANSWER = 64 * 1024  # an SEV certificate is 2084 bytes, an ASK+ARK 3200
 DEFAULT_TIMEOUT = 30.0
+_T = TypeVar("_T")
 _GENERATION = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -149,7 +152,7 @@ class KeyServer:
             raise KeyServerError(f"key server {url}: the answer is over {MAX_ANSWER} bytes, not a certificate")
         return data
 
-    def _cached(self, rel: str, check):  # type: ignore[no-untyped-def]
+    def _cached(self, rel: str, check: Callable[[bytes], _T]) -> _T | None:
         """A valid cached answer, or None (missing or unusable: fetched again)."""
         if self.cache_dir is None:
             return None
