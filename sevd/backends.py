@@ -9,7 +9,7 @@ looked up among installed entry points, so the product never imports another pac
 
 Every backend, built in or not, answers the `Backend` protocol below; it implements only the seams
 it provides (the `[psp]` ones or the `[hypervisor]` ones).  Callers ask the backend rather than
-its name: what it is (`psp_presence`, `hypervisor_presence`), what it holds (`amd_roots`).
+its name: what it is (`psp_presence`, `hypervisor_presence`).
 """
 
 from __future__ import annotations
@@ -54,11 +54,6 @@ class Backend(Protocol):
         """The PSP as the host checks show it (the `/dev/sev` line)."""
         ...
 
-    def amd_roots(self, config: Config) -> dict[str, bytes]:
-        """AMD root certificates to export next to the chip's chain, by sev-tool file name (`ark.cert`,
-        `ask.cert`); empty when the owner gets them from AMD (a real chip)."""
-        ...
-
     def open_hypervisor(self, config: Config, exists: Callable[[DomId], bool]) -> Hypervisor: ...
 
     def hypervisor_presence(self, config: Config) -> Presence:
@@ -88,9 +83,6 @@ class DeviceBackend:
             "load ccp (modprobe ccp) with psp_init on; run as root or give the sevd user write access",
             found=present,
         )
-
-    def amd_roots(self, config: Config) -> dict[str, bytes]:
-        return {}  # a real chip's ARK and ASK come from AMD (the owner's tools have them built in)
 
     def bind_hypervisor(self, hypervisor: Hypervisor, config: Config) -> Hypervisor:
         return hypervisor  # the real PSP sees the CPUs' WBINVD by itself
@@ -168,8 +160,3 @@ def psp_presence(config: Config) -> Presence:
 
 def hypervisor_presence(config: Config) -> Presence:
     return hypervisor_backend(config).hypervisor_presence(config)
-
-
-def amd_roots(config: Config) -> dict[str, bytes]:
-    """The AMD roots the PSP backend exports with the chip's chain (see `Backend.amd_roots`)."""
-    return psp_backend(config).amd_roots(config)

@@ -4,6 +4,11 @@
 [xenstore]   socket = "/run/xenstored/socket"
 [hypervisor] backend = "xen" | "simulated";  path = the simulated host dir
 [daemon]     state_dir = "/var/lib/sevd";  log_level = "info"
+[keyserver]  url = "https://kdsintf.amd.com";  roots_url = AMD's developer site for AMD's url, else
+             "<url>/wp-content/resources";  generation = the ask_ark file to fetch (default: the AMD
+             generation whose ASK signed the CEK);  cache = "$SEVD_CACHE_DIR/kds" or "/var/cache/sevd/kds"
+[owner]      roots = a directory (ark.cert + ask.cert) the local owner (`xl-sev create --attest`) trusts
+             instead of AMD's bundled roots; unset on a real host
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import tomllib
 from pathlib import Path
 
 from sevd.errors import InputError
+from sevd.owner.keyserver import AMD_KDS_URL, KeyServer, default_cache_dir
 from sevd.psp.device import DEFAULT_DEVICE
 
 DEFAULT_CONFIG = Path("/etc/sevd/sevd.toml")
@@ -28,6 +34,11 @@ class Config:
     hypervisor_path: str = ""
     state_dir: str = "/var/lib/sevd"
     log_level: str = "info"
+    keyserver_url: str = AMD_KDS_URL
+    keyserver_roots_url: str = ""
+    keyserver_generation: str = ""
+    keyserver_cache: str = ""  # "" = $SEVD_CACHE_DIR/kds, else /var/cache/sevd/kds
+    owner_roots: str = ""
     source: str = "<defaults>"
 
     @classmethod
@@ -57,5 +68,26 @@ class Config:
             hypervisor_path=get("hypervisor", "path", ""),
             state_dir=get("daemon", "state_dir", cls.state_dir),
             log_level=get("daemon", "log_level", "info", ("debug", "info", "warning", "error")),
+            keyserver_url=get("keyserver", "url", AMD_KDS_URL),
+            keyserver_roots_url=get("keyserver", "roots_url", ""),
+            keyserver_generation=get("keyserver", "generation", ""),
+            keyserver_cache=get("keyserver", "cache", ""),
+            owner_roots=get("owner", "roots", ""),
             source=str(chosen),
         )
+
+    def keyserver(self, url: str | None = None) -> KeyServer:
+        """The key server this host fetches its signed CEK from; `url` (an option) overrides the config's."""
+        cache = Path(self.keyserver_cache) if self.keyserver_cache else default_cache_dir()
+        generation = self.keyserver_generation or None
+        if url is not None:
+            return KeyServer(url=url, roots_url=None, cache_dir=cache, generation=generation)
+        try:
+            return KeyServer(
+                url=self.keyserver_url,
+                roots_url=self.keyserver_roots_url or None,
+                cache_dir=cache,
+                generation=generation,
+            )
+        except InputError as exc:
+            raise InputError(f"{self.source}: [keyserver] {exc}") from None

@@ -32,6 +32,7 @@ from sevd.abi.commands import (
 from sevd.abi.platform_status import StatusFlag
 from sevd.abi.status import FirmwareError, InvalidLen
 from sevd.errors import DeviceError, InputError
+from sevd.owner.keyserver import KeyServer, complete_chain_dir
 from sevd.psp.device import PspClient
 
 
@@ -210,3 +211,9 @@ class Platform:
         req.length = length
         self.client.platform_command(UserCommand.GET_ID2, req)
         return bytes(ffi.buffer(out, req.length))
+
+    def export_full_chain(self, directory: str | os.PathLike[str], server: KeyServer) -> list[Path]:
+        """The full chain, as `sevctl export --full` and sev-tool's `export_cert_chain` give it: PDH_CERT_EXPORT's
+        pdh, pek and oca, the CEK AMD signed (the key server's, by GET_ID's chip id), and the ARK and ASK."""
+        paths = self.pdh_cert_export().write(directory)[:3]
+        return paths + complete_chain_dir(directory, self.get_id(), server).paths

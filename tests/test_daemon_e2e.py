@@ -60,7 +60,7 @@ def test_launch_without_session_runs_at_once(harness):
 
 
 def test_attested_launch_with_owner_session_and_secret(harness, tmp_path):
-    chain = Platform(harness.host.client()).pdh_cert_export().chain(*harness.host.simulated_roots())
+    chain = harness.host.owner_chain()
     verify_chain(chain)
     policy = Policy(0)
     session = make_session(chain.pdh, int(policy))

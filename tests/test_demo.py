@@ -32,7 +32,14 @@ def test_demo_runs_a_full_attested_launch_through_the_daemon(tmp_path):
     assert proc.returncode == 0, out + proc.stderr
     assert elapsed < 60, f"the demo took {elapsed:.0f} s"
     for line in (
-        "owner: platform chain verified: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots from directory",
+        "owner: platform chain verified: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), "
+        "roots: $HOST/simulated-amd-roots (named explicitly; NOT AMD's)",
+        "owner: WARNING: the roots in $HOST/simulated-amd-roots are not AMD's",
+        # the full chain from the simulated host's key server, refused against AMD's roots, accepted when named
+        "$HOST/certs/cek.cert",
+        "sev-owner: $HOST/certs/ark.cert: this ARK is not AMD's",
+        "chain OK: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots: $HOST/simulated-amd-roots (named explicitly; "
+        "NOT AMD's)",
         "owner: measurement verified against /usr/share/ovmf/OVMF.fd, policy 0x00000001",
         "domain sev-guest: domid 1, running, unpaused",
         "measurement OK",  # sev-owner's own check of the measurement xl-sev reported

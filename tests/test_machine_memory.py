@@ -426,7 +426,8 @@ def test_sim_psp_plain_creates_only_a_psp(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"simulated PSP ready: {root / 'psp'}" in result.output
     assert "ASIDs: 1..9 (SEV-ES 1..2, SEV 3..9)" in result.output
-    assert sorted(p.name for p in root.iterdir()) == ["memory.img", "psp"]  # no xen/, no xenstored, no sevd.toml
+    # no xen/, no xenstored, no sevd.toml; the chip's key server (kds/) and the simulated AMD root beside it
+    assert sorted(p.name for p in root.iterdir()) == ["kds", "memory.img", "psp", "simulated-amd-roots"]
     config = json.loads((root / "psp" / "config.json").read_text())
     assert config["memory"] == str(root / "memory.img") and config["encrypt"] is True
     state = json.loads((root / "psp" / "state.json").read_text())

@@ -20,6 +20,11 @@ from sevd.abi.launch import LaunchMeasurement, LaunchSession, SecretHeader, Tran
 from sevd.cli.owner import main
 from sevd.owner import measurement as owner_measurement
 from sevd.owner import secret as owner_secret
+from sevd.owner.keyserver import KeyServer
+from sevd.platform import Platform
+from sevd.psp.device import PspClient
+from sevd_sim import kds
+from sevd_sim.psp.device import SimulatedPsp
 
 
 def run(*args: str):
@@ -29,27 +34,27 @@ def run(*args: str):
 # -- verify-chain --------------------------------------------------------------------------------------------------
 
 
-def test_verify_chain_accepts_the_rome_platform_with_rome_roots(tmp_path):
-    result = run("verify-chain", rome_chain_dir(tmp_path))
-    assert result.exit_code == 0, result.output
-    assert "chain OK" in result.output and "roots from directory" in result.output
-
-
-def test_verify_chain_without_roots_finds_the_rome_generation(tmp_path):
+def test_verify_chain_accepts_the_real_rome_platform_with_amds_bundled_rome_roots(tmp_path):
     result = run("verify-chain", rome_chain_dir(tmp_path, with_roots=False), "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert out == {"ok": True, "roots": "builtin:rome", "generation": "rome"}
+    assert out == {"ok": True, "roots": "builtin:rome", "generation": "rome", "amd_roots": True}
 
 
-def test_verify_chain_with_ask_ark_file(tmp_path):
+def test_verify_chain_accepts_amds_own_rome_root_files_in_the_directory(tmp_path):
+    result = run("verify-chain", rome_chain_dir(tmp_path))  # ark.cert + ask.cert: AMD's Rome bytes
+    assert result.exit_code == 0, result.output
+    assert "roots: AMD's bundled rome roots" in result.output and "WARNING" not in result.output
+
+
+def test_verify_chain_with_amds_ask_ark_file(tmp_path):
     d = rome_chain_dir(tmp_path, with_roots=False)
     (d / "ask_ark.cert").write_bytes(
         (ROOTS / "rome" / "ask.cert").read_bytes() + (ROOTS / "rome" / "ark.cert").read_bytes()
     )
     result = run("verify-chain", d, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["roots"] == "ask_ark.cert"
+    assert json.loads(result.output)["roots"] == "builtin:rome"
 
 
 def test_verify_chain_with_milan_roots_exits_1_naming_the_link(tmp_path):
@@ -57,6 +62,101 @@ def test_verify_chain_with_milan_roots_exits_1_naming_the_link(tmp_path):
     result = run("verify-chain", d, "--ark", ROOTS / "milan" / "ark.cert", "--ask", ROOTS / "milan" / "ask.cert")
     assert result.exit_code == 1
     assert "CEK is not signed by ASK" in result.output
+
+
+@pytest.fixture
+def foreign_chain(sim_host, tmp_path):
+    """A whole chain signed by a root that is not AMD's (the simulated one), its ark.cert and ask.cert beside it,
+    as a host would hand them over; and the directory where those roots live, to name them explicitly."""
+    out = tmp_path / "foreign"
+    server = KeyServer(url=kds.kds_url(sim_host), cache_dir=None, generation=kds.GENERATION)
+    Platform(PspClient(SimulatedPsp(sim_host))).export_full_chain(out, server)
+    return out, kds.roots_dir(sim_host)
+
+
+def test_a_chain_signed_by_a_foreign_ark_ask_in_the_directory_exits_1_naming_the_file(foreign_chain):
+    d, _ = foreign_chain
+    result = run("verify-chain", d)
+    assert result.exit_code == 1
+    assert f"{d / 'ark.cert'}: this ARK is not AMD's" in result.output
+    assert "only AMD's bundled roots are trusted" in result.output
+
+
+def test_root_files_from_the_host_are_never_trusted_even_when_they_match_the_chain(foreign_chain):
+    d, _ = foreign_chain
+    (d / "ark.cert").unlink()  # the ASK alone, which did sign the CEK
+    result = run("verify-chain", d, "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.output)["message"].startswith(f"{d / 'ask.cert'}: this ASK is not AMD's")
+    (d / "ask.cert").unlink()
+    result = run("verify-chain", d)
+    assert result.exit_code == 1 and "CEK is not signed by the ASK of any known AMD generation" in result.output
+
+
+def test_an_amd_chain_with_another_generations_ark_in_the_directory_exits_1_naming_it(tmp_path):
+    d = rome_chain_dir(tmp_path, with_roots=False)
+    shutil.copyfile(ROOTS / "milan" / "ark.cert", d / "ark.cert")
+    result = run("verify-chain", d)
+    assert result.exit_code == 1
+    assert f"{d / 'ark.cert'}: this ARK is not AMD's rome ARK" in result.output
+
+
+def test_roots_named_explicitly_are_trusted_with_a_plain_warning(foreign_chain):
+    d, roots = foreign_chain
+    result = run("verify-chain", d, "--roots", roots)
+    assert result.exit_code == 0, result.output
+    assert f"roots: {roots} (named explicitly; NOT AMD's)" in result.output
+    assert f"WARNING: the roots in {roots} are not AMD's" in result.output
+    out = json.loads(run("verify-chain", d, "--roots", roots, "--json").output)
+    assert (out["ok"], out["amd_roots"], out["generation"], out["roots"]) == (True, False, None, str(roots))
+    assert "not AMD's" in out["warning"]
+
+
+def test_named_roots_must_also_match_the_root_files_in_the_directory(foreign_chain, tmp_path):
+    d, roots = foreign_chain
+    shutil.copyfile(ROOTS / "rome" / "ask.cert", d / "ask.cert")
+    result = run("verify-chain", d, "--roots", roots)
+    assert result.exit_code == 1
+    assert f"{d / 'ask.cert'}: this ASK is not the ASK of the roots named explicitly ({roots})" in result.output
+
+
+def test_amds_own_roots_named_explicitly_carry_no_warning(tmp_path):
+    result = run("verify-chain", rome_chain_dir(tmp_path), "--roots", ROOTS / "rome")
+    assert result.exit_code == 0, result.output
+    assert "AMD's rome roots" in result.output and "WARNING" not in result.output
+
+
+def test_roots_that_are_not_a_directory_of_roots_exit_2(foreign_chain, tmp_path):
+    d, _ = foreign_chain
+    result = run("verify-chain", d, "--roots", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "not a directory" in result.output
+    result = run("verify-chain", d, "--roots", tmp_path)
+    assert result.exit_code == 2 and "holds neither ark.cert + ask.cert nor ask_ark.cert" in result.output
+
+
+def test_session_with_named_roots_warns_and_without_them_refuses(foreign_chain, tmp_path):
+    d, roots = foreign_chain
+    refused = run("session", "--pdh", d / "pdh.cert", "--policy", "0x1", "--out", tmp_path / "no")
+    assert refused.exit_code == 1 and not (tmp_path / "no").exists()
+    made = run("session", "--pdh", d / "pdh.cert", "--policy", "0x1", "--out", tmp_path / "yes", "--roots", roots)
+    assert made.exit_code == 0, made.output
+    assert "WARNING: the roots in" in made.output and (tmp_path / "yes" / "launch_blob.bin").exists()
+
+
+def test_fetch_cek_completes_a_firmware_export_from_the_key_server(sim_host, tmp_path):
+    platform = Platform(PspClient(SimulatedPsp(sim_host)))
+    d = tmp_path / "from-host"
+    platform.pdh_cert_export().write(d)  # the firmware's CEK, unsigned: no chain yet
+    assert run("verify-chain", d, "--roots", kds.roots_dir(sim_host)).exit_code == 1
+    chip = platform.get_id().hex()
+    args = ("--chip-id", chip, "--kds-url", kds.kds_url(sim_host), "--cache", tmp_path / "cache")
+    result = run("fetch-cek", d, *args, "--generation", "simulated", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["generation"] == "simulated"
+    assert run("verify-chain", d, "--roots", kds.roots_dir(sim_host)).exit_code == 0
+    assert run("verify-chain", d).exit_code == 1  # still not AMD's
+    bad = run("fetch-cek", d, "--chip-id", "zz", "--kds-url", kds.kds_url(sim_host))
+    assert bad.exit_code == 2 and "--chip-id" in bad.output
 
 
 def test_verify_chain_with_a_pek_not_signed_by_the_oca_exits_1(tmp_path):
@@ -123,6 +223,7 @@ def test_session_refuses_a_pdh_whose_chain_fails(tmp_path):
     shutil.copyfile(ROOTS / "genoa" / "ark.cert", d / "ark.cert")
     result = run("session", "--pdh", d / "pdh.cert", "--policy", "0", "--out", tmp_path / "out")
     assert result.exit_code == 1
+    assert f"{d / 'ark.cert'}: this ARK is not AMD's rome ARK" in result.output
     assert not (tmp_path / "out").exists()
 
 

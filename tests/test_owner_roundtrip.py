@@ -22,11 +22,13 @@ from sevd.cli.owner import main as owner_cli
 from sevd.errors import VerificationError
 from sevd.guest import GuestCommands
 from sevd.owner.chain import load_platform_chain
+from sevd.owner.keyserver import KeyServer
 from sevd.owner.measurement import verify_measurement
 from sevd.owner.secret import package_secret
 from sevd.owner.session import make_session
 from sevd.platform import Platform
 from sevd.psp.device import PspClient
+from sevd_sim import kds
 from sevd_sim.psp.device import SimulatedPsp
 from sevd_sim.psp.identity import API_MAJOR, API_MINOR
 
@@ -44,17 +46,16 @@ needs_ovmf = pytest.mark.skipif(
 
 class Host:
     def __init__(self, host: pathlib.Path):
+        self.root = host
         self.psp = SimulatedPsp(host)
         client = PspClient(self.psp)
         self.platform = Platform(client)
         self.g = GuestCommands(client)
 
     def export(self, out: pathlib.Path) -> pathlib.Path:
-        """What the host sends the owner: the PDH chain (and here the simulated AMD root)."""
-        self.platform.pdh_cert_export().write(out)
-        ident = self.psp.dir / "identity"
-        for name in ("ark.cert", "ask.cert"):
-            (out / name).write_bytes((ident / name).read_bytes())
+        """What the host sends the owner: the full chain, its CEK and ARK/ASK from the host's key server (file://)."""
+        server = KeyServer(url=kds.kds_url(self.root), cache_dir=None, generation=kds.GENERATION)
+        self.platform.export_full_chain(out, server)
         return out
 
     def load_image(self, handle: int, image: bytes) -> None:
@@ -68,7 +69,7 @@ class Host:
 @pytest.fixture
 def owner_view(sim_host, tmp_path):
     host = Host(sim_host)
-    report = load_platform_chain(host.export(tmp_path / "from-host"))
+    report = load_platform_chain(host.export(tmp_path / "from-host"), roots=kds.roots_dir(sim_host))
     verify_chain(report.chain)
     return host, report.chain.pdh
 

@@ -11,7 +11,6 @@ from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy
 from sevd.owner.secret import package_secret
 from sevd.owner.session import make_session
-from sevd.platform import Platform
 from sevd.toolstack.guestnodes import request_launch, send_command, send_secret
 from sevd.xen import protocol as proto
 from sevd.xen.xsclient import Xenstore
@@ -24,7 +23,7 @@ SECRET = b"the-owner-secret-never-on-host!!"
 def launched(tmp_path_factory):
     h = Harness(tmp_path_factory.mktemp("perm") / "host")
     h.start_daemon()
-    pdh = Platform(h.host.client()).pdh_cert_export().chain(*h.host.simulated_roots()).pdh
+    pdh = h.host.owner_chain().pdh
     session = make_session(pdh, 0)
     image = OVMF.read_bytes()
     domid = h.toolstack.create("victim", 16, image)

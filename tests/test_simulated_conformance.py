@@ -9,6 +9,7 @@ firmware, Genoa 1.55.25), not read from the model's own tables: a wrong row in t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 
 import pytest
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sevd._psp import ffi
 from sevd.abi import status
-from sevd.abi.certs import Algo, AmdCert, PlatformChain, SevCert, Usage, builtin_roots, verify_chain
+from sevd.abi.certs import Algo, PlatformChain, SevCert, Usage, builtin_roots, verify_chain
 from sevd.abi.commands import (
     CERT_SIZE,
     GUEST_COMMANDS,
@@ -34,7 +35,7 @@ from sevd.guest import GuestCommands
 from sevd.owner.secret import package_secret
 from sevd.platform import Platform
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD, PspClient
-from sevd_sim.host import simulated_roots
+from sevd_sim.host import owner_chain, simulated_roots
 from sevd_sim.psp.device import SimulatedPsp, create_psp
 from sevd_sim.psp.memory import PhysicalMemory
 
@@ -695,15 +696,23 @@ def test_key_sharing(rig):
 # -- platform commands ------------------------------------------------------------------------------------
 
 
-def export_chain(rig: Rig, ark: AmdCert, ask: AmdCert) -> PlatformChain:
-    return rig.platform.pdh_cert_export().chain(ark, ask)
+def export_chain(rig: Rig, sim_host) -> PlatformChain:
+    """PDH_CERT_EXPORT with the CEK from the host's key server, under the simulated root (what an owner checks)."""
+    return owner_chain(sim_host, rig.platform.pdh_cert_export(), rig.platform.get_id())
 
 
-def test_exported_chain_verifies_with_the_simulated_root_only(rig, sim_host):
-    ark, ask = simulated_roots(sim_host)
-    verify_chain(export_chain(rig, ark, ask))
+def test_exported_cek_is_unsigned_as_real_firmware_exports_it(rig, sim_host):
+    cek = SevCert.parse(rig.platform.pdh_cert_export().cek)
+    assert cek.usage == Usage.CEK and all(s.is_empty() for s in cek.sigs)
+    with pytest.raises(VerificationError, match="CEK is not signed by ASK"):
+        verify_chain(rig.platform.pdh_cert_export().chain(*simulated_roots(sim_host)))
+
+
+def test_exported_chain_verifies_with_the_key_server_cek_and_the_simulated_root_only(rig, sim_host):
+    verify_chain(export_chain(rig, sim_host))
+    chain = export_chain(rig, sim_host)
     with pytest.raises(VerificationError):
-        verify_chain(export_chain(rig, *builtin_roots("rome")))
+        verify_chain(dataclasses.replace(chain, ark=builtin_roots("rome")[0], ask=builtin_roots("rome")[1]))
 
 
 def test_pek_cert_import(rig, sim_host):
@@ -734,7 +743,7 @@ def test_pek_cert_import(rig, sim_host):
     pdh_before = rig.platform.pdh_cert_export().pdh
     rig.platform.pek_cert_import(pek.to_bytes(), good_oca.to_bytes())
     assert rig.platform.status().owner
-    chain = export_chain(rig, *simulated_roots(sim_host))
+    chain = export_chain(rig, sim_host)
     verify_chain(chain)
     assert chain.oca.to_bytes() == good_oca.to_bytes()
     assert chain.pdh.to_bytes() != pdh_before  # a new PDH
@@ -742,7 +751,7 @@ def test_pek_cert_import(rig, sim_host):
         rig.platform.pek_cert_import(pek.to_bytes(), good_oca.to_bytes())
     rig.platform.pek_gen()  # owner flag cleared, self-owned again
     assert not rig.platform.status().owner
-    verify_chain(export_chain(rig, *simulated_roots(sim_host)))
+    verify_chain(export_chain(rig, sim_host))
 
 
 def test_pek_csr_probe(rig):
@@ -837,7 +846,7 @@ def test_read_only_fd_may_read(sim_host):
     ro = Rig(sim_host, writable=False)
     assert ro.platform.status().state == P.INIT
     assert len(ro.platform.get_id()) == 64
-    verify_chain(export_chain(ro, *simulated_roots(sim_host)))
+    verify_chain(export_chain(ro, sim_host))
 
 
 def test_read_only_export_in_uninit_cannot_init(sim_host):

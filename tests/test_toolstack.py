@@ -139,7 +139,6 @@ def test_device_presence_says_missing_then_not_writable_then_ready(tmp_path: Pat
     if not os.access(node, os.W_OK):  # root may write it anyway
         read_only = device.psp_presence(Config(psp_path=str(node)))
         assert not read_only.ok and read_only.found and "modprobe ccp" in read_only.hint
-    assert device.amd_roots(Config(psp_path=str(node))) == {}, "a real chip's roots come from AMD"
 
 
 @pytest.mark.parametrize(
@@ -167,13 +166,12 @@ def sim_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return Config.load(host.root / "sevd.toml")
 
 
-def test_the_simulated_backend_describes_itself_and_exports_its_own_roots(sim_config: Config) -> None:
+def test_the_simulated_backend_describes_itself(sim_config: Config) -> None:
     sim = SimulatedBackend()
     assert sim.psp_presence(sim_config) == backends.Presence(True, f"simulated PSP at {sim_config.psp_path}")
     assert sim.hypervisor_presence(sim_config).detail == f"simulated Xen at {sim_config.hypervisor_path}"
-    identity = Path(sim_config.psp_path) / "psp" / "identity"
-    roots = backends.amd_roots(sim_config)  # found through the entry point, as the product finds it
-    assert roots == {name: (identity / name).read_bytes() for name in ("ark.cert", "ask.cert")}
+    found = backends.psp_backend(sim_config)  # through the entry point, as the product finds it
+    assert found.psp_presence(sim_config) == sim.psp_presence(sim_config)
 
 
 def test_an_unknown_backend_is_named(sim_config: Config) -> None:

@@ -43,7 +43,7 @@ def test_es_launch_measures_each_vmsa_after_the_image(tmp_path, vcpus):
     try:
         h.start_daemon()
         image = bytes(range(256)) * 64
-        pdh = Platform(h.host.client()).pdh_cert_export().chain(*h.host.simulated_roots()).pdh
+        pdh = h.host.owner_chain().pdh
         policy = Policy.parse("ES|NODBG")
         session = make_session(pdh, int(policy))
         domid = h.toolstack.create("es", 2, image, vcpus=vcpus)

@@ -14,6 +14,7 @@ from daemon_harness import BIN, OVMF, Harness, wait_for
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
 from sevd.xen.xsclient import Xenstore
+from sevd_sim import kds
 from sevd_sim.xenstored import XenstoredStandIn
 
 pytestmark = pytest.mark.skipif(not OVMF.exists(), reason="Debian's ovmf package provides the boot image")
@@ -88,9 +89,11 @@ def test_create_attest_runs_and_every_read_verb_reports_it(harness, tmp_path):
 def test_remote_owner_session_stops_at_measured_then_secret_and_finish(harness, tmp_path):
     remote = tmp_path / "remote"
     xl(harness, "platform", "export", remote)
+    roots = kds.roots_dir(harness.root)  # the simulated AMD root, named explicitly
     run(
-        "sev-owner", "session", "--pdh", remote / "pdh.cert", "--policy", "0x1", "--out", remote, "--name", "r", check=0
-    )
+        "sev-owner", "session", "--pdh", remote / "pdh.cert", "--policy", "0x1", "--out", remote, "--name", "r",
+        "--roots", roots, check=0,
+    )  # fmt: skip
     (remote / "godh.cert").unlink()  # leave only the sevctl form
     (remote / "launch_blob.bin").unlink()
     out = xl(harness, "create", guest_cfg(tmp_path, "remote", f'sev_session = "{remote}"\n')).stdout
@@ -212,6 +215,7 @@ FAKE_XL = """\
 #!{python}
 import os, sys
 from sevd.xen.xsclient import Xenstore
+from sevd_sim import kds
 with open({log!r}, "a") as f:
     f.write(" ".join(sys.argv[1:]) + "\\n")
 xs = Xenstore({sock!r})

@@ -36,11 +36,15 @@ def test_platform_status_json_fields(host):
     assert (data["api_major"], data["api_minor"], data["state"]) == (0, 24, "INIT")
 
 
-def test_export_writes_sev_tool_names_and_the_owner_verifies_them(host, tmp_path):
+def test_export_writes_the_full_chain_with_sev_tool_names_and_the_owner_verifies_it_with_named_roots(host, tmp_path):
     xl(host, "platform", "export", str(tmp_path / "certs"))
     names = sorted(p.name for p in (tmp_path / "certs").iterdir())
     assert names == ["ark.cert", "ask.cert", "cek.cert", "oca.cert", "pdh.cert", "pek.cert"]
-    assert run("sev-owner", "verify-chain", str(tmp_path / "certs")).returncode == 0
+    # the simulated AMD root is not AMD's: refused by default, accepted only when named, with a warning
+    refused = run("sev-owner", "verify-chain", str(tmp_path / "certs"), check=False)
+    assert refused.returncode == 1 and "ark.cert: this ARK is not AMD's" in refused.stderr
+    named = run("sev-owner", "verify-chain", str(tmp_path / "certs"), "--roots", str(host / "simulated-amd-roots"))
+    assert "not AMD's" in named.stdout
 
 
 def test_pdh_gen_changes_the_pdh(host, tmp_path):

@@ -27,7 +27,7 @@ from sevd.abi.policy import Policy  # noqa: E402
 from sevd.guest import GuestCommands  # noqa: E402
 from sevd.platform import Platform  # noqa: E402
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD, DeviceFile, PspClient  # noqa: E402
-from sevd_sim.host import simulated_roots  # noqa: E402
+from sevd_sim.host import owner_chain  # noqa: E402
 from sevd_sim.psp.device import SimulatedPsp, create_psp  # noqa: E402
 from sevd_sim.psp.memory import PhysicalMemory  # noqa: E402
 
@@ -123,7 +123,7 @@ def run(host: Path) -> int:
 
     export = platform.pdh_cert_export()  # probe, then two nested output pointers
     ident = host / "psp" / "identity"
-    verify_chain(export.chain(*simulated_roots(host)))
+    verify_chain(owner_chain(host, export, platform.get_id()))
     assert export.pdh == (ident / "pdh.cert").read_bytes()
     print("pdh export ok")
 

@@ -20,7 +20,7 @@ from sevd.abi import certs
 from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy
 from sevd.errors import InputError, SevdError, VerificationError
-from sevd.owner import files
+from sevd.owner import files, keyserver
 from sevd.owner import measurement as owner_measurement
 from sevd.owner import secret as owner_secret
 from sevd.owner.chain import verify_chain_dir
@@ -118,17 +118,49 @@ def main() -> None:
 
 @main.command("verify-chain")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--ark", type=click.Path(dir_okay=False), help="AMD root key (default: DIR/ark.cert or built in).")
-@click.option("--ask", type=click.Path(dir_okay=False), help="AMD signing key (default: DIR/ask.cert or built in).")
+@click.option(
+    "--roots", type=click.Path(file_okay=False), help="Trust the ark.cert + ask.cert in this directory, not AMD's."
+)
+@click.option("--ark", type=click.Path(dir_okay=False), help="Trust this root key instead of AMD's (with --ask).")
+@click.option("--ask", type=click.Path(dir_okay=False), help="Trust this signing key instead of AMD's (with --ark).")
 @_verb
-def verify_chain_cmd(directory: str, ark: str | None, ask: str | None) -> _Result:
-    """Verify PDH <- PEK <- (OCA, CEK <- ASK <- ARK) from DIR (pdh.cert pek.cert oca.cert cek.cert)."""
-    report = verify_chain_dir(directory, ark, ask)
-    gen = report.generation or "unknown"
+def verify_chain_cmd(directory: str, roots: str | None, ark: str | None, ask: str | None) -> _Result:
+    """Verify PDH <- PEK <- (OCA, CEK <- ASK <- ARK) from DIR (pdh.cert pek.cert oca.cert cek.cert).
+
+    Only AMD's bundled roots are trusted; root files in DIR must be AMD's. Other roots only when named."""
+    report = verify_chain_dir(directory, roots, ark=ark, ask=ask)
+    lines = [f"chain OK: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots: {report.describe_roots()}"]
     return _Result(
-        [f"chain OK: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots from {report.roots} (generation {gen})"],
+        lines + ([report.warning] if report.warning else []),
         roots=report.roots,
         generation=report.generation,
+        amd_roots=report.amd,
+        **({"warning": report.warning} if report.warning else {}),
+    )
+
+
+@main.command("fetch-cek")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--chip-id", required=True, help="The platform's chip id (xl-sev platform get-id), hex.")
+@click.option("--kds-url", default=keyserver.AMD_KDS_URL, show_default=True, help="Key server base URL.")
+@click.option("--generation", help="Which ask_ark file to fetch (default: the AMD generation that signed the CEK).")
+@click.option("--cache", type=click.Path(file_okay=False), help="Cache directory (default $SEVD_CACHE_DIR/kds).")
+@_verb
+def fetch_cek_cmd(directory: str, chip_id: str, kds_url: str, generation: str | None, cache: str | None) -> _Result:
+    """Replace DIR/cek.cert (the firmware's, unsigned) by the CEK AMD signed, from the key server by chip id, and
+    add ask.cert and ark.cert. Verify with verify-chain afterwards: nothing fetched is trusted."""
+    try:
+        chip = bytes.fromhex(chip_id)
+    except ValueError:
+        raise InputError(f"--chip-id {chip_id[:16]!r}...: not hex") from None
+    cache_dir = pathlib.Path(cache) if cache else keyserver.default_cache_dir()
+    server = keyserver.KeyServer(url=kds_url, cache_dir=cache_dir, generation=generation)
+    done = keyserver.complete_chain_dir(directory, chip, server)
+    return _Result(
+        [f"CEK of chip {done.chip_id[:16]}... from {done.cek_url}", f"ASK+ARK from {done.ask_ark_url}"]
+        + [f"wrote {p}" for p in done.paths],
+        files=[str(p) for p in done.paths],
+        generation=done.generation,
     )
 
 
@@ -140,31 +172,36 @@ def verify_chain_cmd(directory: str, ark: str | None, ask: str | None) -> _Resul
 @click.option("--policy", required=True, help="Guest policy, e.g. 0x1 or NODBG|NOKS.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write to.")
 @click.option("--chain-dir", type=click.Path(file_okay=False), help="Certificates to verify the PDH with.")
+@click.option("--roots", type=click.Path(file_okay=False), help="Trust these roots, not AMD's (see verify-chain).")
 @click.option("--no-verify", is_flag=True, help="Do not verify the PDH's chain (testing only).")
 @click.option("--name", default="guest", show_default=True, help="Prefix of the sevctl-style files.")
 @_verb
-def session_cmd(pdh_path: str, policy: str, out_dir: str, chain_dir: str | None, no_verify: bool, name: str) -> _Result:
+def session_cmd(
+    pdh_path: str, policy: str, out_dir: str, chain_dir: str | None, roots: str | None, no_verify: bool, name: str
+) -> _Result:
     """Make a launch session: godh.cert, launch_blob.bin, tmp_tk.bin and NAME_{godh,session}.b64,
     NAME_{tek,tik}.bin."""
     policy_value = parse_policy(policy)
+    warning: list[str] = []
     if no_verify:
-        if chain_dir is not None:
-            raise InputError("give --chain-dir or --no-verify, not both")
+        if chain_dir is not None or roots is not None:
+            raise InputError("give --chain-dir/--roots or --no-verify, not both")
         pdh = certs.SevCert.parse(files.read_bytes(pdh_path, "PDH certificate"), pdh_path)
         verified = "not verified (--no-verify)"
     else:
         directory = pathlib.Path(chain_dir) if chain_dir else pathlib.Path(pdh_path).resolve().parent
-        report = verify_chain_dir(directory)
+        report = verify_chain_dir(directory, roots)
         pdh = certs.SevCert.parse(files.read_bytes(pdh_path, "PDH certificate"), pdh_path)
         if pdh != report.chain.pdh:
             raise VerificationError(f"{pdh_path} is not the PDH of the chain verified in {directory}")
-        verified = f"chain verified in {directory} (roots from {report.roots})"
+        verified = f"chain verified in {directory} (roots: {report.describe_roots()})"
+        warning = [report.warning] if report.warning else []
     if pdh.usage != certs.Usage.PDH:
         raise InputError(f"{pdh_path}: holds a {pdh.role} key, expected PDH")
     session = make_session(pdh, policy_value)
     written = write_session(out_dir, session, name)
     return _Result(
-        [f"PDH {verified}", f"policy 0x{policy_value:08x}", *(f"wrote {p}" for p in written)],
+        [f"PDH {verified}", *warning, f"policy 0x{policy_value:08x}", *(f"wrote {p}" for p in written)],
         policy=policy_value,
         verified=not no_verify,
         files=[str(p) for p in written],

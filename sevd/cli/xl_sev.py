@@ -105,14 +105,13 @@ def platform_status(ctx: click.Context) -> None:
 
 @platform.command("export")
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--kds-url", help="Key server base URL (default: [keyserver] url, AMD's https://kdsintf.amd.com).")
 @click.pass_context
 @reports_errors
-def platform_export(ctx: click.Context, directory: str) -> None:
-    """PDH_CERT_EXPORT into DIRECTORY as sev-tool names the files (pdh, pek, oca, cek .cert).
-
-    On a simulated host, the simulated AMD ark.cert and ask.cert are written too.
-    """
-    paths = export_chain(_config(ctx), directory)
+def platform_export(ctx: click.Context, directory: str, kds_url: str | None) -> None:
+    """The full chain into DIRECTORY as sev-tool names the files: pdh, pek, oca (PDH_CERT_EXPORT), the CEK AMD
+    signed (from the key server, by GET_ID's chip id), ark and ask .cert."""
+    paths = export_chain(_config(ctx), directory, kds_url)
     emit(ctx, {"files": [str(p) for p in paths]}, "\n".join(str(p) for p in paths))
 
 

@@ -1,21 +1,16 @@
-"""The platform's certificate chain as files, for its owner: PDH_CERT_EXPORT plus whatever AMD roots the
-PSP backend holds (a simulated chip's own ARK and ASK; none for a real chip, whose roots come from AMD)."""
+"""The platform's certificate chain as files, for its owner: PDH_CERT_EXPORT, then the CEK AMD signed and the
+ARK and ASK from the key server (real firmware exports its CEK unsigned)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from sevd.backends import amd_roots, open_psp
+from sevd.backends import open_psp
 from sevd.config import Config
 from sevd.platform import Platform
 
 
-def export_chain(config: Config, directory: str | os.PathLike[str]) -> list[Path]:
-    """pdh, pek, oca, cek .cert (sev-tool's names) into `directory`, then the backend's AMD roots; the paths."""
-    paths = Platform(open_psp(config, write=False)).pdh_cert_export().write(directory)
-    for name, blob in amd_roots(config).items():
-        target = Path(directory) / name
-        target.write_bytes(blob)
-        paths.append(target)
-    return paths
+def export_chain(config: Config, directory: str | os.PathLike[str], kds_url: str | None = None) -> list[Path]:
+    """pdh, pek, oca, cek, ark and ask .cert (sev-tool's names) into `directory`; the paths."""
+    return Platform(open_psp(config, write=False)).export_full_chain(directory, config.keyserver(kds_url))

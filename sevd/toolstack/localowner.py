@@ -31,10 +31,12 @@ class LocalOwner:
         """Export and verify the platform's chain into the directory; make and write a launch session."""
         self.directory.mkdir(parents=True, exist_ok=True)
         export_chain(config, self.directory)
-        report = verify_chain_dir(self.directory)
+        report = verify_chain_dir(self.directory, config.owner_roots or None)
         reporter.line(
-            f"owner: platform chain verified: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots from {report.roots}"
+            f"owner: platform chain verified: PDH <- PEK <- (OCA, CEK <- ASK <- ARK), roots: {report.describe_roots()}"
         )
+        if report.warning:
+            reporter.line(f"owner: {report.warning}")
         self.session = make_session(report.chain.pdh, int(guest.policy))
         write_session(self.directory, self.session, guest.name)
         reporter.line(

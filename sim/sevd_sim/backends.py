@@ -44,9 +44,6 @@ class XenWithSimulatedPsp:
         self.psp_wbinvd()  # only once Xen has done it: a refused WBINVD must leave DF_FLUSH refused
 
 
-AMD_ROOTS = ("ark.cert", "ask.cert")
-
-
 class SimulatedBackend:
     """The simulated PSP, the simulated Xen and its toolstack, in the host directory the config names."""
 
@@ -58,11 +55,6 @@ class SimulatedBackend:
 
     def psp_presence(self, config: Config) -> Presence:
         return Presence(True, f"simulated PSP at {config.psp_path}")
-
-    def amd_roots(self, config: Config) -> dict[str, bytes]:
-        """The simulated chip's own ARK and ASK: AMD's real roots do not sign its CEK."""
-        identity = Path(config.psp_path) / "psp" / "identity"
-        return {name: (identity / name).read_bytes() for name in AMD_ROOTS}
 
     def hypervisor_presence(self, config: Config) -> Presence:
         return Presence(True, f"simulated Xen at {config.hypervisor_path}")

@@ -83,6 +83,7 @@ def psp(directory: str, xen_machine_memory: bool, max_asid: int | None, min_sev_
     from pathlib import Path
 
     from sevd.xen.hypervisor import HypervisorError
+    from sevd_sim import kds
     from sevd_sim.host import DEFAULT_MEMORY
     from sevd_sim.psp.device import DEFAULT_MAX_ASID, DEFAULT_MIN_SEV_ASID, XEN_MACHINE_MEMORY, create_psp
     from sevd_sim.psp.memory import PhysicalMemory
@@ -143,6 +144,8 @@ def psp(directory: str, xen_machine_memory: bool, max_asid: int | None, min_sev_
     click.echo(f"  Linux driver: {linux}")
     click.echo(f"  ASIDs: 1..{max_asid} (SEV-ES 1..{min_sev_asid - 1}, SEV {min_sev_asid}..{max_asid})")
     click.echo(f'  sevd.toml: [psp] backend = "simulated", path = "{root.resolve()}"')
+    click.echo(f'             [keyserver] url = "{kds.kds_url(root)}", generation = "{kds.GENERATION}"')
+    click.echo(f'             [owner] roots = "{kds.roots_dir(root).resolve()}"')
 
 
 def main() -> None:

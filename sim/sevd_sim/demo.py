@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from sevd.xen import protocol as proto
+from sevd_sim import kds
 from sevd_sim.host import SimulatedHost
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
@@ -150,6 +151,7 @@ class Demo:
 
         host = SimulatedHost.create(self.root)
         self.say(f"simulated host: {self.root} (simulated PSP, simulated Xen; $HOST below)")
+        self.say("key server: $HOST/kds, AMD's KDS paths as files (file:// in $HOST/sevd.toml; offline)")
         (self.root / "pids").mkdir(exist_ok=True)
 
         sock, store = self.root / "xenstored.sock", self.root / "xenstored.json"
@@ -187,6 +189,15 @@ class Demo:
             cfg.write_text(FALLBACK_CFG)
         owner = self.root / "owner"
         xl = ("xl-sev", "--config", str(self.config))
+
+        self.say("\nthe full chain: pdh, pek, oca from the firmware; the signed cek, ask, ark from the key server")
+        certs = self.root / "certs"
+        self.command(*xl, "platform", "export", str(certs))
+        self.say("\nthe owner trusts AMD's bundled roots only: this simulated chip's chain is refused")
+        if "--roots" not in self.command("sev-owner", "verify-chain", str(certs), check=False):
+            raise DemoFailed("sev-owner verify-chain accepted a chain not signed by AMD")
+        self.say("\n... unless the simulated AMD root is named explicitly")
+        self.command("sev-owner", "verify-chain", str(certs), "--roots", str(kds.roots_dir(self.root)))
 
         self.say("\nhost + local guest owner: create, measure, verify, inject the secret, finish, unpause")
         self.command(*xl, "create", str(cfg), "--attest", str(owner))

@@ -2,6 +2,9 @@
 
 HOST/memory.img      sparse file, the system-physical memory both the PSP and Xen see
 HOST/psp/            the simulated PSP's state, chip identity, mailbox lock
+HOST/kds/            the key server for the simulated chip: its AMD-signed CEK and the simulated ASK+ARK, laid
+                     out as AMD's URL paths (sevd_sim.kds); HOST/simulated-amd-roots/ holds that ARK and ASK
+HOST/cache/kds/      sevd's key-server cache on this host
 HOST/xen/            the simulated Xen's domains, frames and ASIDs
 HOST/sevd.toml       a daemon configuration for this host
 """
@@ -11,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from sevd.abi.certs import AmdCert
+from sevd.abi.certs import AmdCert, PlatformChain
 from sevd.abi.units import PAGE_SIZE
+from sevd.platform import PdhExport, Platform
 from sevd.psp.device import PspClient
+from sevd_sim import kds
 from sevd_sim.psp.device import DEFAULT_MAX_ASID, DEFAULT_MIN_SEV_ASID, SimulatedPsp, create_psp
 from sevd_sim.psp.linux import DEFAULT_LINUX
 from sevd_sim.psp.memory import PhysicalMemory
@@ -23,11 +28,18 @@ DEFAULT_MEMORY = 1 << 30  # 1 GiB of sparse simulated memory
 
 
 def simulated_roots(root: Path) -> tuple[AmdCert, AmdCert]:
-    ident = Path(root) / "psp" / "identity"
+    roots = kds.roots_dir(root)
     return (
-        AmdCert.parse((ident / "ark.cert").read_bytes(), "simulated ark.cert"),
-        AmdCert.parse((ident / "ask.cert").read_bytes(), "simulated ask.cert"),
+        AmdCert.parse((roots / "ark.cert").read_bytes(), "simulated ark.cert"),
+        AmdCert.parse((roots / "ask.cert").read_bytes(), "simulated ask.cert"),
     )
+
+
+def owner_chain(root: Path, export: PdhExport, chip_id: bytes) -> PlatformChain:
+    """The chain an owner verifies for this host: PDH_CERT_EXPORT's certificates with the CEK the host's key
+    server signed in place of the firmware's unsigned one, under the simulated AMD root."""
+    chain = export.chain(*simulated_roots(root))
+    return dataclasses.replace(chain, cek=kds.signed_cek(root, chip_id))
 
 
 @dataclasses.dataclass
@@ -73,7 +85,17 @@ class SimulatedHost:
             f'path = "{self.root}"\n\n'
             "[daemon]\n"
             f'state_dir = "{self.root / "sevd-state"}"\n'
-            'log_level = "info"\n'
+            'log_level = "info"\n\n'
+            "# The simulated chip's key server (AMD's KDS paths, as files), offline; the simulated AMD root is not\n"
+            "# one of AMD's generations, so its ask_ark file is named here.\n"
+            "[keyserver]\n"
+            f'url = "{kds.kds_url(self.root)}"\n'
+            f'generation = "{kds.GENERATION}"\n'
+            f'cache = "{self.root / "cache" / "kds"}"\n\n'
+            "# xl-sev create --attest: the local owner trusts the simulated AMD root, named explicitly (never on a\n"
+            "# real host: there the owner trusts AMD's bundled roots only).\n"
+            "[owner]\n"
+            f'roots = "{kds.roots_dir(self.root)}"\n'
         )
 
     def psp(self, *, writable: bool = True) -> SimulatedPsp:
@@ -85,6 +107,11 @@ class SimulatedHost:
     def simulated_roots(self) -> tuple[AmdCert, AmdCert]:
         """(ark, ask) of the simulated chip's simulated AMD root (real platforms chain to AMD's own)."""
         return simulated_roots(self.root)
+
+    def owner_chain(self) -> PlatformChain:
+        """The full chain of this host's chip, as an owner verifies it (see `owner_chain`)."""
+        platform = Platform(self.client())
+        return owner_chain(self.root, platform.pdh_cert_export(), platform.get_id())
 
     def xen(self) -> SimulatedXen:
         psp = self.psp()

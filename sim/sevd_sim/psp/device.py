@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from sevd._psp import ffi
 from sevd.abi import status
+from sevd.abi.certs import SevCert
 from sevd.abi.commands import (
     CERT_SIZE,
     GET_ID_SIZE,
@@ -44,6 +45,7 @@ from sevd.abi.platform_status import status_flags
 from sevd.abi.units import MAX_HANDLES, Asid, Spa
 from sevd.durable import atomic_write, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
+from sevd_sim import kds
 from sevd_sim.psp import tables
 from sevd_sim.psp.firmware import Firmware, new_state
 from sevd_sim.psp.identity import Identity
@@ -152,11 +154,15 @@ def create_psp(
     directory = psp_dir(host)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "digests").mkdir(exist_ok=True)
-    Identity(directory / "identity").create()
+    identity = Identity(directory / "identity")
+    identity.create()
     generation = driver(linux)
     write_json(directory / "config.json", {"memory": kind, "es": es, "encrypt": encrypt, "linux": linux})
-    state = new_state(build, max_asid, min_sev_asid, os.urandom(64), max_guests=max_guests)
+    chip_id = os.urandom(GET_ID_SIZE)
+    state = new_state(build, max_asid, min_sev_asid, chip_id, max_guests=max_guests)
     write_json(directory / "state.json", state)
+    # AMD signs the CEK outside the chip and serves it by chip id: the simulated host is that key server.
+    kds.publish(host, chip_id, SevCert.parse(identity.cert("cek"), "simulated CEK"))
     if generation.init_at_probe:  # sev_pci_init -> sev_platform_init (6.1)
         psp = SimulatedPsp(host)
         with psp.firmware() as fw:

@@ -1,8 +1,10 @@
-"""The simulated chip's identity: a simulated AMD root (ARK, ASK), the CEK, and the owner keys OCA, PEK, PDH.
+"""The simulated chip's identity: the CEK, and the owner keys OCA, PEK, PDH; and a simulated AMD root (ARK, ASK).
 
-Same formats as a real platform, so the owner's verifier accepts the exported chain given the
-simulated ARK/ASK, and rejects it against AMD's real roots.  Private keys live in the simulated
-host's psp/ directory (mode 0600): they stand for what real firmware keeps inside the PSP.
+Same formats as a real platform.  As on real firmware, the CEK the chip holds and PDH_CERT_EXPORT gives is not
+signed by AMD: the simulated AMD signs it with its simulated ASK and publishes it on the simulated host's key
+server (sevd_sim.kds), as AMD's KDS serves a real chip's.  The owner's verifier accepts the full chain only with
+the simulated ARK/ASK named explicitly, and rejects it against AMD's real roots.  Private keys live in the
+simulated host's psp/ directory (mode 0600): they stand for what real firmware keeps inside the PSP.
 """
 
 from __future__ import annotations
@@ -102,17 +104,11 @@ class Identity:
         atomic_write(self.path(f"{name}.cert"), cert if isinstance(cert, bytes) else cert.to_bytes(), 0o644)
 
     def create(self) -> None:
-        """A new chip: simulated AMD root, CEK signed by the ASK, then a self-owned OCA/PEK/PDH."""
+        """A new chip: a CEK with both signature slots empty (AMD's signature lives on the key server, as on
+        real firmware), then a self-owned OCA/PEK/PDH."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        ark, ask, ask_key = simulated_amd_root()
-        atomic_write(self.path("ark.cert"), ark, 0o644)
-        atomic_write(self.path("ask.cert"), ask, 0o644)
         cek_key = _new_ec()
-        cek = _unsigned(cek_key, Usage.CEK, Algo.ECDSA_SHA256)
-        raw = ask_key.sign(cek.signed_bytes(), padding.PSS(padding.MGF1(hashes.SHA384()), 48), hashes.SHA384())
-        sig = SevSignature(Usage.ASK, Algo.RSA_SHA384, raw[::-1] + bytes(0x200 - len(raw)))
-        cek = dataclasses.replace(cek, sigs=(sig, cek.sigs[1]))
-        self._save("cek", cek, cek_key)
+        self._save("cek", _unsigned(cek_key, Usage.CEK, Algo.ECDSA_SHA256), cek_key)
         self.pek_gen()
 
     def pek_gen(self) -> None:
