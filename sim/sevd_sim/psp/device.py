@@ -39,7 +39,7 @@ from sevd.abi.commands import PlatformState as P
 from sevd.durable import atomic_write, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
 from sevd_sim.psp import tables
-from sevd_sim.psp.firmware import MAX_HANDLES, Firmware, new_state
+from sevd_sim.psp.firmware import DEFAULT_CCXS, DEFAULT_CORES_PER_CCX, MAX_HANDLES, Firmware, new_state
 from sevd_sim.psp.identity import Identity
 from sevd_sim.psp.memory import MachineMemory, PhysicalMemory
 
@@ -121,6 +121,8 @@ def create_psp(
     es: bool = False,
     max_guests: int = MAX_HANDLES,
     encrypt: bool = True,
+    pv_dom0: bool = False,
+    topology: tuple[int, int] = (DEFAULT_CCXS, DEFAULT_CORES_PER_CCX),
 ) -> None:
     """A new simulated chip in `host`/psp; the kernel INITs it at probe time, as Linux does.
 
@@ -128,6 +130,9 @@ def create_psp(
     memory of the Xen host this runs on, measure-only, so `encrypt` must then be False.
     `es`: the CPU supports SEV-ES, so the kernel INITs the firmware with the ES flag (Linux does
     when it could allocate the TMR).  `max_guests`: the firmware's guest-handle limit (1024).
+    `pv_dom0`: the kernel is a PV Dom0 on Xen, so its `wbinvd_on_all_cpus()` runs WBINVD only on the physical
+    CPU its vCPU is on: the DF_FLUSH after INIT fails (WBINVD_REQUIRED) and every ASID stays dirty.
+    `topology`: (CCXs, cores per CCX), over which the firmware keeps ASID states and WBINVD_DONE.
     """
     kind = str(memory or Path(host) / "memory.img")
     if kind == XEN_MACHINE_MEMORY and encrypt:
@@ -136,12 +141,21 @@ def create_psp(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "digests").mkdir(exist_ok=True)
     Identity(directory / "identity").create()
-    write_json(directory / "config.json", {"memory": kind, "es": es, "encrypt": encrypt})
-    state = new_state(build, max_asid, min_sev_asid, os.urandom(64), max_guests=max_guests)
+    config: dict[str, Any] = {"memory": kind, "es": es, "encrypt": encrypt}
+    if pv_dom0:
+        config["dom0"] = "pv"
+    write_json(directory / "config.json", config)
+    ccxs, cores_per_ccx = topology
+    state = new_state(
+        build, max_asid, min_sev_asid, os.urandom(64), max_guests=max_guests, ccxs=ccxs, cores_per_ccx=cores_per_ccx
+    )
     write_json(directory / "state.json", state)
     psp = SimulatedPsp(host)
-    with psp.firmware() as fw:
-        psp._kernel_init(fw)
+    try:
+        with psp.firmware() as fw:
+            psp._kernel_init(fw)
+    except status.FirmwareError as err:  # sev_pci_init logs it and goes on: the firmware stays INIT
+        log.error("SEV: failed to INIT error %#x (%s)", err.code, err.name)
 
 
 class SimulatedPsp:
@@ -176,6 +190,7 @@ class SimulatedPsp:
         else:
             self.memory = PhysicalMemory(Path(config["memory"]))
         self.es = bool(config.get("es", False))
+        self.pv_dom0 = config.get("dom0") == "pv"
 
     def _read_spa(self, asid: int, spa: int, length: int) -> bytes:
         # Xen is opened on the first read, so a PSP that never touches guest memory needs no libxencall.
@@ -309,9 +324,13 @@ class SimulatedPsp:
     # -- the driver's platform commands (SEV_ISSUE_CMD) -----------------------------------------------------
 
     def _kernel_init(self, fw: Firmware) -> None:
-        """__sev_platform_init_locked: INIT (with ES if the CPU has it), then WBINVD on all CPUs and DF_FLUSH."""
+        """__sev_platform_init_locked: INIT (with ES if the CPU has it), then `wbinvd_on_all_cpus()` and DF_FLUSH.
+
+        In a PV Dom0 that WBINVD reaches only the physical CPU the vCPU runs on (CPU 0 here), so the DF_FLUSH
+        answers WBINVD_REQUIRED, which the kernel returns; the firmware stays INIT with every ASID dirty.
+        """
         fw.init(es=self.es)
-        fw.wbinvd_all_cpus()
+        fw.wbinvd([0] if self.pv_dom0 else None)
         fw.df_flush()
 
     def _lazy_init(self, fw: Firmware) -> None:
