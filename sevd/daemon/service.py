@@ -725,7 +725,7 @@ class Daemon:
         if faults:
             fault_point("after", "DF_FLUSH")
         self.hv.asids_flushed(dirty)
-        self.log.info("WBINVD on every CPU + DF_FLUSH (%s): ASIDs %s clean", why, dirty)
+        self.log.info("WBINVD + DF_FLUSH: ASIDs %s clean (%s)", dirty, why)
 
     def startup_flush(self) -> None:
         """At start-up: WBINVD on every CPU through Xen, then DF_FLUSH.  INIT left every ASID dirty and the
