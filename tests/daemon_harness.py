@@ -43,11 +43,17 @@ class Harness:
         self.daemon: subprocess.Popen | None = None
         self.log = root / "sevd.log"
 
-    def start_daemon(self, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    def start_daemon(self, env_extra: dict[str, str] | None = None, prelude: str | None = None) -> subprocess.Popen:
+        """`sevd run`; with `prelude`, Python run first in the daemon's process (to patch something out)."""
         env = dict(os.environ, **(env_extra or {}))
+        config = str(self.root / "sevd.toml")
+        argv = [str(BIN / "sevd"), "run", "--config", config]
+        if prelude is not None:
+            run = f"from sevd.daemon.service import run\nraise SystemExit(run({config!r}))"
+            argv = [sys.executable, "-c", f"{prelude}\n{run}"]
         with open(self.log, "ab") as log:
             self.daemon = subprocess.Popen(
-                [str(BIN / "sevd"), "run", "--config", str(self.root / "sevd.toml")],
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -362,7 +362,7 @@ class FakeDomctlXen:
         self.calls: list[tuple[str, bool]] = []
 
     def _psp_saw_wbinvd(self) -> bool:
-        return json.loads((self.psp_host / "psp" / "state.json").read_text())["wbinvd_done"]
+        return all(json.loads((self.psp_host / "psp" / "state.json").read_text())["wbinvd_done"])  # every core
 
     def wbinvd_all_cpus(self) -> None:
         self.calls.append(("wbinvd_all_cpus", self._psp_saw_wbinvd()))

@@ -27,8 +27,8 @@ import pyxs
 
 from sevd.abi.commands import FirmwareGuestState
 from sevd.abi.policy import Policy
-from sevd.abi.status import FirmwareError
-from sevd.abi.units import Asid, DomId, Gpa, Spa
+from sevd.abi.status import DfflushRequired, FirmwareError
+from sevd.abi.units import PAGE_SIZE, Asid, DomId, Gpa, Spa
 from sevd.backends import open_hypervisor, open_psp
 from sevd.config import Config
 from sevd.daemon.notify import listening, notify, setup_logging, watchdog_interval
@@ -318,6 +318,7 @@ class Daemon:
         if recover:
             self.psp(self.platform.ensure_initialised)  # Linux 6.12+ leaves it UNINIT (sevd/platform.py)
             self.recover()
+            self.startup_flush()
         self.xs.watch([proto.GUESTS, proto.RELEASE_DOMAIN])
         self.publish_platform()
         for domid in self._known_domids():
@@ -405,8 +406,8 @@ class Daemon:
                 if not actions or not isinstance(actions[-1], DECIDE_AGAIN):
                     return
         finally:
-            self._layout.pop((domid, "image"), None)
-            self._layout.pop((domid, "vmsa"), None)
+            for kind in ("image", "vmsa", "flushed-image", "flushed-vmsa"):
+                self._layout.pop((domid, kind), None)
 
     def _observe(self, p: _Pass) -> None:
         """The guest's nodes: one list says whether there is a request, a command, a summary."""
@@ -527,7 +528,12 @@ class Daemon:
         # LAUNCH_FINISH fails the launch only on a firmware status; a device error is retried by the next pass.
         errors = (FirmwareError,) if step == Step.LAUNCH_FINISH else _LAUNCH_ERRORS
         try:
-            self._journal(p, step)
+            try:
+                self._journal(p, step)
+            except DfflushRequired:
+                if step != Step.ACTIVATE:
+                    raise
+                self._flush_and_retry(p, step)
         except errors as err:
             assert p.record is not None
             for action in fail(p.record, *_failure(err)):
@@ -537,6 +543,35 @@ class Daemon:
             self.log.info("domain %d measured", p.domid, extra=self._fields(p.record))
         elif step == Step.LAUNCH_FINISH:
             self.log.info("domain %d running", p.domid, extra=self._fields(p.record))
+
+    def _flush_and_retry(self, p: _Pass, step: Step) -> None:
+        """ACTIVATE answered DFFLUSH_REQUIRED: the firmware holds the ASID dirty while Xen thought it free (the
+        kernel's DF_FLUSH after INIT failed, a PV Dom0's WBINVD reaching one CPU).  WBINVD on every CPU through
+        Xen, DF_FLUSH, then ACTIVATE once more; a second refusal fails the launch."""
+        assert p.record is not None
+        self.log.warning(
+            "domain %d: %s answered DFFLUSH_REQUIRED for ASID %d: WBINVD on every CPU through Xen, DF_FLUSH, "
+            "then %s once more",
+            p.domid,
+            step,
+            p.record.asid,
+            step,
+            extra=self._fields(p.record, "DFFLUSH_REQUIRED"),
+        )
+        with self._asid_lock:
+            self.flush_asids(self.hv.dirty_asids(), why=f"{step} of domain {p.domid}", faults=False)
+        self._journal(p, step)
+        self.log.info("domain %d: %s succeeded after the flush", p.domid, step, extra=self._fields(p.record))
+
+    def _flush_once(self, rec: GuestRecord, kind: str, ranges: list[tuple[Spa, int]]) -> None:
+        """Flush the CPUs' caches over the guest's `ranges` before the PSP encrypts them in place (on a CPU
+        without SME_COHERENT a line the toolstack wrote may not have reached DRAM, or may be written back over
+        the ciphertext later); once per pass and kind, so each later step of the pass finds them flushed."""
+        key = (rec.domid, f"flushed-{kind}")
+        if key in self._layout or not ranges:
+            return
+        self.hv.flush_guest_pages(rec.domid, ranges)
+        self._layout[key] = ranges
 
     def _command(self, rec: GuestRecord, step: Step) -> Callable[[], StepResult]:
         """What issuing `step` calls, with its arguments from the record (asked before the step is journaled)."""
@@ -553,11 +588,22 @@ class Daemon:
         if step == Step.SEV_ENABLE:
             return lambda: self.hv.enable_sev(rec.domid)
         if step == Step.LAUNCH_UPDATE_DATA:
-            spa, length = self._ranges(rec)[rec.ranges_done]
-            return lambda: g.launch_update_data(rec.handle, spa, length)
+            ranges = self._ranges(rec)[rec.ranges_done :]
+            spa, length = ranges[0]
+
+            def update_data() -> None:
+                self._flush_once(rec, "image", ranges)
+                g.launch_update_data(rec.handle, spa, length)
+
+            return update_data
         if step == Step.LAUNCH_UPDATE_VMSA:
-            vmsa = self._vmsa_pages(rec)[rec.vmsas_done]
-            return lambda: g.launch_update_vmsa(rec.handle, vmsa)
+            pages = self._vmsa_pages(rec)[rec.vmsas_done :]
+
+            def update_vmsa() -> None:
+                self._flush_once(rec, "vmsa", [(page, PAGE_SIZE) for page in pages])
+                g.launch_update_vmsa(rec.handle, pages[0])
+
+            return update_vmsa
         if step == Step.LAUNCH_MEASURE:
             return lambda: g.launch_measure(rec.handle)
         if step == Step.LAUNCH_FINISH:
@@ -603,12 +649,23 @@ class Daemon:
         """DEACTIVATE (if bound) and DECOMMISSION the guest's PSP context, as GUEST_STATUS shows it; idempotent."""
         if p.record is None or not p.record.handle:
             return
+        if p.alive and p.record.asid:
+            self._release_flush(p)
         status = self.psp(self.guest.guest_status, p.record.handle)
         for action in teardown(p.record, FirmwareStatus(status.state, status.asid)):
             if isinstance(action, Issue):
                 self._journal(p, action.step)
             else:
                 self._perform(p, action)
+
+    def _release_flush(self, p: _Pass) -> None:
+        """The guest's memory is released while the domain lives (a failed launch, a destroy command): flush the
+        CPUs' caches over all of it first, so no line of its key is written back over a page with a new owner.
+        A domain already dead had Xen's own WBINVD on every CPU before its memory was freed."""
+        try:
+            self.hv.flush_guest_pages(p.domid, None)
+        except HypervisorError as exc:
+            self.log.warning("domain %d: cache flush before release refused: %s", p.domid, exc)
 
     def _layout_of(self, rec: GuestRecord) -> Layout:
         return Layout(len(self._ranges(rec)), len(self._vmsa_pages(rec)) if rec.es else 0)
@@ -663,13 +720,27 @@ class Daemon:
                 self.flush_asids(dirty)
                 return self.hv.make_sev_domain(domid, es)
 
-    def flush_asids(self, dirty: list[Asid]) -> None:
+    def flush_asids(self, dirty: list[Asid], why: str = "no clean ASID left", faults: bool = True) -> None:
+        """WBINVD on every CPU through Xen, DF_FLUSH, then tell Xen that `dirty` (its list, read before the
+        DF_FLUSH) is clean: afterwards Xen and the firmware agree on which ASIDs are dirty.  Hold _asid_lock."""
         self.hv.wbinvd_all_cpus()
-        fault_point("before", "DF_FLUSH")
+        if faults:
+            fault_point("before", "DF_FLUSH")
         self.psp(self.guest.df_flush)
-        fault_point("after", "DF_FLUSH")
+        if faults:
+            fault_point("after", "DF_FLUSH")
         self.hv.asids_flushed(dirty)
-        self.log.info("WBINVD + DF_FLUSH: ASIDs %s clean", dirty)
+        self.log.info("WBINVD + DF_FLUSH: ASIDs %s clean (%s)", dirty, why)
+
+    def startup_flush(self) -> None:
+        """At start-up: WBINVD on every CPU through Xen, then DF_FLUSH.  INIT left every ASID dirty and the
+        kernel's own DF_FLUSH after it fails in a PV Dom0 (its WBINVD reaches one physical CPU), while Xen
+        thinks every ASID it has not seen die is free.  A failure is logged: ACTIVATE flushes when it must."""
+        try:
+            with self._asid_lock:
+                self.flush_asids(self.hv.dirty_asids(), why="start-up", faults=False)
+        except (FirmwareError, HypervisorError, DeviceError) as exc:
+            self.log.warning("start-up WBINVD + DF_FLUSH failed: %s; ACTIVATE will flush and retry if it must", exc)
 
     def _inject_secret(self, p: _Pass) -> None:
         """LAUNCH_UPDATE_SECRET with the packet in secret/*, which is removed whatever the outcome; the
@@ -684,19 +755,22 @@ class Daemon:
             if len(ranges) != 1:
                 raise InputError("secret/gpa: the secret must not cross a physically discontiguous page boundary")
             spa = ranges[0][0]
-            self._journal(
-                p,
-                Step.LAUNCH_UPDATE_SECRET,
-                lambda: self.guest.launch_update_secret(rec.handle, packet.header, spa, packet.data),
-            )
+
+            def inject() -> None:
+                # The PSP writes the secret in place: no stale line of the page may be written back over it.
+                self.hv.flush_guest_pages(rec.domid, ranges)
+                self.guest.launch_update_secret(rec.handle, packet.header, spa, packet.data)
+
+            self._journal(p, Step.LAUNCH_UPDATE_SECRET, inject)
             self.log.info("domain %d: secret injected (%d bytes)", rec.domid, len(packet.data), extra=self._fields(rec))
         except InputError as exc:
             error = self._invalid(exc)
-        except FirmwareError as err:
+        except (FirmwareError, HypervisorError) as err:
+            name = err.name if isinstance(err, FirmwareError) else "XEN_ERROR"
             p.record = dataclasses.replace(p.record, pending=None)
             self.records.save(p.record)
-            error = proto.error_text(err.name, str(err))
-            self.log.warning("domain %d: %s", rec.domid, err, extra=self._fields(rec, err.name))
+            error = proto.error_text(name, str(err))
+            self.log.warning("domain %d: %s", rec.domid, err, extra=self._fields(rec, name))
         finally:
             self.xs.rm(f"{base}/secret")  # secrets are transient: never left behind
         step = p.record.step if p.record.step in PUBLISHED_STEPS else None

@@ -77,6 +77,13 @@ class Hypervisor(Protocol):
         """WBINVD on every physical CPU; the firmware requires it between DEACTIVATE and DF_FLUSH."""
         ...
 
+    def flush_guest_pages(self, domid: DomId, spa_ranges: list[tuple[Spa, int]] | None = None) -> None:
+        """Write back and invalidate the CPUs' cache lines of these system-physical ranges of the domain
+        (None: all its memory).  Needed before the PSP encrypts or writes them in place, and when the guest's
+        memory is released, on CPUs without SME_COHERENT (CPUID 0x8000001F EAX bit 10: Naples, Rome), where a
+        line written through one key is invisible to, and later overwrites, what the PSP does under another."""
+        ...
+
     def asids_flushed(self, asids: list[Asid]) -> None:
         """The daemon's DF_FLUSH made these ASIDs clean: Xen may hand them out again."""
         ...

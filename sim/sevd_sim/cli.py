@@ -27,8 +27,15 @@ def demo(host_dir: str | None) -> None:
 
 @cli.command("host")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--max-asid", default=64, show_default=True, help="Simulated CPUID 0x8000001F: number of ASIDs.")
-@click.option("--min-sev-asid", default=5, show_default=True, help="First plain-SEV ASID (below: SEV-ES).")
+@click.option(
+    "--cpu",
+    type=click.Choice(["naples", "rome", "milan", "genoa", "turin"]),
+    default=None,
+    help="EPYC generation: sets the ASID counts, SEV-ES and SME_COHERENT (default: a small coherent CPU, "
+    "64 ASIDs, SEV-ES 1..4).",
+)
+@click.option("--max-asid", type=int, default=None, help="Simulated CPUID 0x8000001F: number of ASIDs.")
+@click.option("--min-sev-asid", type=int, default=None, help="First plain-SEV ASID (below: SEV-ES).")
 @click.option(
     "--linux",
     type=click.Choice(["6.1", "6.12", "6.16"]),
@@ -38,14 +45,16 @@ def demo(host_dir: str | None) -> None:
     "(Debian 13) and 6.16 leave it UNINIT and INIT/SHUTDOWN around each platform ioctl.",
 )
 @click.option("--create-only", is_flag=True, help="Create the host and exit; do not run the xenstored stand-in.")
-def host(directory: str, max_asid: int, min_sev_asid: int, linux: str, create_only: bool) -> None:
+def host(
+    directory: str, cpu: str | None, max_asid: int | None, min_sev_asid: int | None, linux: str, create_only: bool
+) -> None:
     """Create a simulated host in DIRECTORY if missing, then run its xenstored stand-in in the foreground."""
     from pathlib import Path
 
     from sevd_sim import xenstored
     from sevd_sim.host import SimulatedHost
 
-    host = SimulatedHost.create(Path(directory), max_asid=max_asid, min_sev_asid=min_sev_asid, linux=linux)
+    host = SimulatedHost.create(Path(directory), cpu=cpu, max_asid=max_asid, min_sev_asid=min_sev_asid, linux=linux)
     linux = host.psp().driver.version  # an existing host keeps the driver it was made with
     click.echo(f"simulated host ready: {host.root} (config {host.root / 'sevd.toml'}, Linux {linux})")
     if create_only:

@@ -12,6 +12,7 @@ HOST/sevd.toml       a daemon configuration for this host
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from sevd.abi.certs import AmdCert, PlatformChain
@@ -19,7 +20,8 @@ from sevd.abi.units import PAGE_SIZE
 from sevd.platform import PdhExport, Platform
 from sevd.psp.device import PspClient
 from sevd_sim import kds
-from sevd_sim.psp.device import DEFAULT_MAX_ASID, DEFAULT_MIN_SEV_ASID, SimulatedPsp, create_psp
+from sevd_sim.cpu import cpu_model
+from sevd_sim.psp.device import SimulatedPsp, create_psp
 from sevd_sim.psp.linux import DEFAULT_LINUX
 from sevd_sim.psp.memory import PhysicalMemory
 from sevd_sim.xen import SimulatedXen
@@ -56,19 +58,38 @@ class SimulatedHost:
         root: Path | str,
         *,
         memory_size: int = DEFAULT_MEMORY,
-        max_asid: int = DEFAULT_MAX_ASID,
-        min_sev_asid: int = DEFAULT_MIN_SEV_ASID,
-        es: bool = True,
+        max_asid: int | None = None,
+        min_sev_asid: int | None = None,
+        es: bool | None = None,
+        cpu: str | None = None,
+        pv_dom0: bool = True,
         linux: str = DEFAULT_LINUX,
     ) -> SimulatedHost:
+        """`cpu`: the EPYC generation (sevd_sim.cpu.CPUS; None: a small coherent default), which sets the ASID
+        counts, SEV-ES and SME_COHERENT; `max_asid`, `min_sev_asid` and `es` override it.  `pv_dom0`: Dom0 is
+        a PV guest (Debian's default), so the kernel's WBINVD after INIT reaches one CPU and every ASID stays
+        dirty until sevd has Xen WBINVD every CPU and issues DF_FLUSH."""
+        model = cpu_model(cpu)
+        max_asid = model.max_asid if max_asid is None else max_asid
+        min_sev_asid = model.min_sev_asid if min_sev_asid is None else min_sev_asid
+        es = model.es if es is None else es
         host = cls(Path(root))
         if host.exists:
             return host
         host.root.mkdir(parents=True, exist_ok=True)
         PhysicalMemory.create(host.root / "memory.img", memory_size).close()
-        # An SEV-ES capable CPU (Rome and later): the kernel INITs the firmware with ES.
-        create_psp(host.root, max_asid=max_asid, min_sev_asid=min_sev_asid, es=es, linux=linux)
-        SimulatedXen.create(host.root, memory_size // PAGE_SIZE, max_asid, min_sev_asid)
+        # On an SEV-ES capable CPU (Rome and later) the kernel INITs the firmware with ES.
+        create_psp(
+            host.root,
+            max_asid=max_asid,
+            min_sev_asid=min_sev_asid,
+            es=es,
+            pv_dom0=pv_dom0,
+            linux=linux,
+            topology=(model.ccxs, model.cores_per_ccx),
+        )
+        SimulatedXen.create(host.root, memory_size // PAGE_SIZE, max_asid, min_sev_asid, coherent=model.coherent)
+        (host.root / "cpu.json").write_text(json.dumps(dataclasses.asdict(model) | {"pv_dom0": pv_dom0}) + "\n")
         (host.root / "sevd.toml").write_text(host.config_text())
         return host
 

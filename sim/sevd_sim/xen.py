@@ -1,12 +1,14 @@
 """The simulated Xen: domains, their frames and SEV ASIDs in a simulated host, answering sevd's Hypervisor protocol.
 
 It places domains in the simulated physical memory and hands out ASIDs from the SEV ranges of the
-simulated CPU's CPUID 0x8000001F, the way the patched Xen does (xen-patches/xen).
+simulated CPU's CPUID 0x8000001F, the way the patched Xen does (xen-patches/xen).  On a CPU without
+SME_COHERENT what the host writes into a domain (the toolstack's boot image, Xen's VMSAs) goes through
+the CPUs' cache (`CpuCache`) and reaches DRAM, where the PSP reads, only when flushed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from sevd.abi.units import Asid, DomId, Gpa, Spa
 from sevd.abi.vmsa import reset_vmsas
 from sevd.durable import exclusive, read_json, write_json
 from sevd.xen.hypervisor import HypervisorError, SevCapabilities, SevDomain
-from sevd_sim.psp.memory import PhysicalMemory
+from sevd_sim.psp.memory import CpuCache, PhysicalMemory
 
 
 def coalesce(frames: list[int]) -> list[tuple[Spa, int]]:
@@ -45,9 +47,14 @@ class SimulatedXen:
         self.psp_wbinvd = psp_wbinvd  # callable: the WBINVD-on-all-CPUs signal to the PSP
 
     @classmethod
-    def create(cls, host: Path, memory_pages: int, max_asid: int, min_sev_asid: int) -> SimulatedXen:
+    def create(
+        cls, host: Path, memory_pages: int, max_asid: int, min_sev_asid: int, coherent: bool = True
+    ) -> SimulatedXen:
+        """`coherent`: the CPU has SME_COHERENT (CPUID 0x8000001F EAX bit 10); without it host writes are cached."""
         xen = cls(host)
         xen.dir.mkdir(parents=True, exist_ok=True)
+        if not coherent:
+            CpuCache.create(xen.host, memory_pages * PAGE)
         write_json(
             xen.dir / "domains.json",
             {
@@ -56,6 +63,7 @@ class SimulatedXen:
                 "memory_pages": memory_pages,
                 "max_asid": max_asid,
                 "min_sev_asid": min_sev_asid,
+                "coherent": coherent,
                 "dirty_asids": [],
                 "domains": {},
             },
@@ -70,6 +78,45 @@ class SimulatedXen:
 
     def _save(self, state: dict[str, Any]) -> None:
         write_json(self.dir / "domains.json", state)
+
+    @property
+    def coherent(self) -> bool:
+        return bool(self._load().get("coherent", True))
+
+    def _cache(self) -> CpuCache | None:
+        cache = CpuCache(self.host)
+        return cache if cache.exists else None
+
+    def cpu_write(self, spa: int, data: bytes) -> None:
+        """A store by the host (toolstack or Xen) through its own key: cached on a CPU without SME_COHERENT."""
+        memory = PhysicalMemory(self.host / "memory.img")
+        try:
+            cache = self._cache()
+            if cache is None:
+                memory.write(spa, data)
+            else:
+                cache.write(memory, spa, data)
+        finally:
+            memory.close()
+
+    def cpu_read(self, spa: int, length: int) -> bytes:
+        """A load by the host through its own key: its dirty lines are seen, as the PSP does not see them."""
+        memory = PhysicalMemory(self.host / "memory.img")
+        try:
+            cache = self._cache()
+            return memory.read(spa, length) if cache is None else cache.read(memory, spa, length)
+        finally:
+            memory.close()
+
+    def _flush_cache(self, ranges: Sequence[tuple[int, int]] | None) -> int:
+        cache = self._cache()
+        if cache is None:
+            return 0
+        memory = PhysicalMemory(self.host / "memory.img")
+        try:
+            return cache.flush(memory, ranges)
+        finally:
+            memory.close()
 
     def _domain(self, state: dict[str, Any], domid: int) -> dict[str, Any]:
         dom = state["domains"].get(str(domid))
@@ -115,15 +162,11 @@ class SimulatedXen:
             }
             self._save(state)
         if image:
-            memory = PhysicalMemory(self.host / "memory.img")
-            try:
-                padded = image + bytes(image_pages * PAGE - len(image))
-                for (spa, length), offset in _runs_with_offsets(
-                    self.guest_ranges(DomId(domid), Gpa((pages - image_pages) * PAGE), len(padded))
-                ):
-                    memory.write(spa, padded[offset : offset + length])
-            finally:
-                memory.close()
+            padded = image + bytes(image_pages * PAGE - len(image))
+            for (spa, length), offset in _runs_with_offsets(
+                self.guest_ranges(DomId(domid), Gpa((pages - image_pages) * PAGE), len(padded))
+            ):
+                self.cpu_write(spa, padded[offset : offset + length])  # the toolstack's plaintext stores
         return domid
 
     def unpause(self, domid: int) -> None:
@@ -144,8 +187,10 @@ class SimulatedXen:
             if dom["asid"]:
                 state["dirty_asids"].append(dom["asid"])
             self._save(state)
-        if dom["sev"] and self.psp_wbinvd is not None:
-            self.psp_wbinvd()  # Xen runs WBINVD on every CPU when an SEV domain dies
+        if dom["sev"]:  # Xen runs WBINVD on every CPU when an SEV domain dies, before freeing its memory
+            self._flush_cache(None)
+            if self.psp_wbinvd is not None:
+                self.psp_wbinvd()
 
     def domains(self) -> dict[int, dict[str, Any]]:
         return {int(k): v for k, v in self._load()["domains"].items()}
@@ -178,13 +223,8 @@ class SimulatedXen:
                 state["next_free_page"] = first + len(vmsas)
                 dom["vmsa_frames"] = list(range(first, first + len(vmsas)))
             self._save(state)
-        if vmsas:
-            memory = PhysicalMemory(self.host / "memory.img")
-            try:
-                for mfn, page in zip(dom["vmsa_frames"], vmsas, strict=True):
-                    memory.write(mfn * PAGE, page)
-            finally:
-                memory.close()
+        for mfn, page in zip(dom.get("vmsa_frames", []), vmsas, strict=True):
+            self.cpu_write(Spa(mfn * PAGE), page)  # Xen's stores: cached like any other on a non-coherent CPU
         return SevDomain(domid, Asid(asid), self.CBIT)
 
     def boot_image_ranges(self, domid: DomId) -> list[tuple[Spa, int]]:
@@ -249,8 +289,22 @@ class SimulatedXen:
         return [Asid(a) for a in self._load()["dirty_asids"]]
 
     def wbinvd_all_cpus(self) -> None:
+        self._flush_cache(None)
         if self.psp_wbinvd is not None:
             self.psp_wbinvd()
+
+    def flush_guest_pages(self, domid: DomId, spa_ranges: list[tuple[Spa, int]] | None = None) -> None:
+        """CLFLUSH of the domain's pages in `spa_ranges` (None: all its memory and VMSAs); refused for pages
+        that are not the domain's.  Does nothing on a coherent CPU, as KVM's sev_clflush_pages."""
+        dom = self._domain(self._load(), domid)
+        owned = [(Spa(mfn * PAGE), n * PAGE) for mfn, n in dom["frame_runs"]]
+        owned += [(Spa(mfn * PAGE), PAGE) for mfn in dom.get("vmsa_frames", [])]
+        if spa_ranges is None:
+            spa_ranges = owned
+        for spa, length in spa_ranges:
+            if not any(lo <= spa and spa + length <= lo + n for lo, n in owned):
+                raise HypervisorError(f"domain {domid}: [{spa:#x}, +{length:#x}) is not its memory; not flushed")
+        self._flush_cache(spa_ranges)
 
     def domain_exists(self, domid: DomId) -> bool:
         return str(domid) in self._load()["domains"]

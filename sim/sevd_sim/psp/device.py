@@ -47,7 +47,7 @@ from sevd.durable import atomic_write, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
 from sevd_sim import kds
 from sevd_sim.psp import tables
-from sevd_sim.psp.firmware import Firmware, new_state
+from sevd_sim.psp.firmware import DEFAULT_CCXS, DEFAULT_CORES_PER_CCX, Firmware, new_state
 from sevd_sim.psp.identity import Identity
 from sevd_sim.psp.linux import DEFAULT_LINUX, LinuxDriver, driver
 from sevd_sim.psp.memory import MachineMemory, PhysicalMemory
@@ -138,6 +138,8 @@ def create_psp(
     max_guests: int = MAX_HANDLES,
     encrypt: bool = True,
     linux: str = DEFAULT_LINUX,
+    pv_dom0: bool = False,
+    topology: tuple[int, int] = (DEFAULT_CCXS, DEFAULT_CORES_PER_CCX),
 ) -> None:
     """A new simulated chip in `host`/psp, behind the driver of Linux `linux` (6.1, 6.12 or 6.16).
 
@@ -147,6 +149,9 @@ def create_psp(
     memory of the Xen host this runs on, measure-only, so `encrypt` must then be False.
     `es`: the CPU supports SEV-ES, so the kernel INITs the firmware with the ES flag (Linux does
     when it could allocate the TMR).  `max_guests`: the firmware's guest-handle limit (1024).
+    `pv_dom0`: the kernel is a PV Dom0 on Xen, so its `wbinvd_on_all_cpus()` runs WBINVD only on the physical
+    CPU its vCPU is on: the DF_FLUSH after INIT fails (WBINVD_REQUIRED) and every ASID stays dirty.
+    `topology`: (CCXs, cores per CCX), over which the firmware keeps ASID states and WBINVD_DONE.
     """
     kind = str(memory or Path(host) / "memory.img")
     if kind == XEN_MACHINE_MEMORY and encrypt:
@@ -157,16 +162,25 @@ def create_psp(
     identity = Identity(directory / "identity")
     identity.create()
     generation = driver(linux)
-    write_json(directory / "config.json", {"memory": kind, "es": es, "encrypt": encrypt, "linux": linux})
+    config: dict[str, Any] = {"memory": kind, "es": es, "encrypt": encrypt, "linux": linux}
+    if pv_dom0:
+        config["dom0"] = "pv"
+    write_json(directory / "config.json", config)
+    ccxs, cores_per_ccx = topology
     chip_id = os.urandom(GET_ID_SIZE)
-    state = new_state(build, max_asid, min_sev_asid, chip_id, max_guests=max_guests)
+    state = new_state(
+        build, max_asid, min_sev_asid, chip_id, max_guests=max_guests, ccxs=ccxs, cores_per_ccx=cores_per_ccx
+    )
     write_json(directory / "state.json", state)
     # AMD signs the CEK outside the chip and serves it by chip id: the simulated host is that key server.
     kds.publish(host, chip_id, SevCert.parse(identity.cert("cek"), "simulated CEK"))
     if generation.init_at_probe:  # sev_pci_init -> sev_platform_init (6.1)
         psp = SimulatedPsp(host)
-        with psp.firmware() as fw:
-            psp._kernel_init(fw)
+        try:
+            with psp.firmware() as fw:
+                psp._kernel_init(fw)
+        except status.FirmwareError as err:  # sev_pci_init logs it and goes on: the firmware stays INIT
+            log.error("SEV: failed to INIT error %#x (%s)", err.code, err.name)
 
 
 class SimulatedPsp:
@@ -210,6 +224,7 @@ class SimulatedPsp:
         self.es = bool(config.get("es", False))
         # The Linux generation is the host's, so every process opening it sees the same driver.
         self.driver: LinuxDriver = driver(config.get("linux", DEFAULT_LINUX))
+        self.pv_dom0 = config.get("dom0") == "pv"
 
     def _domctl(self) -> Any:
         # Xen is opened on first use, so a PSP that never touches guest memory needs no libxencall.
@@ -343,9 +358,13 @@ class SimulatedPsp:
     # -- the driver's platform commands (SEV_ISSUE_CMD) -----------------------------------------------------
 
     def _kernel_init(self, fw: Firmware) -> None:
-        """__sev_platform_init_locked: INIT (with ES if the CPU has it), then WBINVD on all CPUs and DF_FLUSH."""
+        """__sev_platform_init_locked: INIT (with ES if the CPU has it), then `wbinvd_on_all_cpus()` and DF_FLUSH.
+
+        In a PV Dom0 that WBINVD reaches only the physical CPU the vCPU runs on (CPU 0 here), so the DF_FLUSH
+        answers WBINVD_REQUIRED, which the kernel returns; the firmware stays INIT with every ASID dirty.
+        """
         fw.init(es=self.es)
-        fw.wbinvd_all_cpus()
+        fw.wbinvd([0] if self.pv_dom0 else None)
         fw.df_flush()
 
     @contextlib.contextmanager

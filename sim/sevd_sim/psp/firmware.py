@@ -46,15 +46,29 @@ from sevd_sim.psp.memory import BLOCK, MachineMemory, MemoryFault, OutOfRange, P
 
 SECRET_FLAG_COMPRESSED = 0x1
 
-# ASID states (one CCX modelled): clean → allocated (pending ACTIVATE) → in_use; DEACTIVATE of
-# an in_use ASID → dirty, which only WBINVD on all CPUs + DF_FLUSH make clean again.
+# ASID states, one per CCX: clean → allocated (pending ACTIVATE) → in_use; DEACTIVATE of an
+# in_use ASID → dirty, which only WBINVD on every core of the CCX + DF_FLUSH make clean again.
+# `asids[a]` is one state when every CCX agrees (the common case, and compact) or a list per CCX.
 CLEAN, ALLOCATED, IN_USE, DIRTY = "clean", "allocated", "in_use", "dirty"
+
+# The simulated chip's default topology: 2 CCXs of 4 cores (sevd_sim.cpu has each EPYC generation's).
+DEFAULT_CCXS = 2
+DEFAULT_CORES_PER_CCX = 4
 
 
 def new_state(
-    build: int, max_asid: int, min_sev_asid: int, chip_id: bytes, *, max_guests: int = MAX_HANDLES
+    build: int,
+    max_asid: int,
+    min_sev_asid: int,
+    chip_id: bytes,
+    *,
+    max_guests: int = MAX_HANDLES,
+    ccxs: int = DEFAULT_CCXS,
+    cores_per_ccx: int = DEFAULT_CORES_PER_CCX,
 ) -> dict[str, Any]:
     return {
+        "ccxs": ccxs,
+        "cores_per_ccx": cores_per_ccx,
         "max_guests": max_guests,
         "platform": int(P.UNINIT),
         "owner": False,
@@ -63,7 +77,7 @@ def new_state(
         "chip_id": chip_id.hex(),
         "max_asid": max_asid,
         "min_sev_asid": min_sev_asid,
-        "wbinvd_done": False,
+        "wbinvd_done": [False] * (ccxs * cores_per_ccx),  # WBINVD_DONE, one per core
         "asids": {str(a): DIRTY for a in range(1, max_asid + 1)},
         "guests": {},
     }
@@ -145,21 +159,58 @@ class Firmware:
     def _keys(guest: dict[str, Any]) -> TransportKeys:
         return TransportKeys(bytes.fromhex(guest["tek"]), bytes.fromhex(guest["tik"]))
 
+    # -- ASIDs per CCX, WBINVD_DONE per core ---------------------------------------------------------------
+
+    @property
+    def ccxs(self) -> int:
+        return int(self.state.get("ccxs", 1))
+
+    @property
+    def cores(self) -> int:
+        return self.ccxs * int(self.state.get("cores_per_ccx", 1))
+
+    def asid_states(self, asid: int) -> list[str]:
+        """The ASID's state on each CCX."""
+        value = self.state["asids"][str(asid)]
+        return list(value) if isinstance(value, list) else [value] * self.ccxs
+
+    def _set_asid(self, asid: int, states: list[str]) -> None:
+        self.state["asids"][str(asid)] = states[0] if len(set(states)) == 1 else states
+
+    def _all_asids(self, value: str) -> None:
+        self.state["asids"] = {a: value for a in self.state["asids"]}
+
+    def dirty_asids(self) -> list[int]:
+        """ASIDs dirty on at least one CCX (what DF_FLUSH still has to clean)."""
+        return sorted(int(a) for a in self.state["asids"] if DIRTY in self.asid_states(int(a)))
+
+    def _wbinvd_done(self) -> list[bool]:
+        done = self.state["wbinvd_done"]
+        if isinstance(done, bool):  # a state saved before WBINVD_DONE was kept per core
+            done = self.state["wbinvd_done"] = [done] * self.cores
+        return done
+
+    def _clear_wbinvd_done(self) -> None:
+        self.state["wbinvd_done"] = [False] * self.cores
+
     # -- platform ------------------------------------------------------------------------------------------
 
     def init(self, es: bool = False) -> None:
         self._check_platform(C.INIT)
         if not self.identity.path("pdh.cert").exists():
             self.identity.pek_gen()  # OCA/PEK/PDH are created if a reset deleted them
-        self.state.update(platform=int(P.INIT), es=es, wbinvd_done=False)
-        self.state["asids"] = {a: DIRTY for a in self.state["asids"]}
+        # Every ASID invalid and dirty on every CCX; WBINVD_DONE cleared on every core.
+        self.state.update(platform=int(P.INIT), es=es)
+        self._clear_wbinvd_done()
+        self._all_asids(DIRTY)
 
     def shutdown(self) -> None:
         for handle in list(self.state["guests"]):
             self._digest_path(int(handle)).unlink(missing_ok=True)
         self.state["guests"] = {}
-        self.state["asids"] = {a: DIRTY for a in self.state["asids"]}
-        self.state.update(platform=int(P.UNINIT), es=False, wbinvd_done=False)
+        self._all_asids(DIRTY)
+        self._clear_wbinvd_done()
+        self.state.update(platform=int(P.UNINIT), es=False)
 
     def platform_reset(self) -> None:
         self._check_platform(C.PLATFORM_RESET)
@@ -228,14 +279,30 @@ class Firmware:
             raise status.InvalidLen(C.GET_ID.name, detail=f"needs {GET_ID_SIZE}")
         return bytes.fromhex(self.state["chip_id"])
 
+    def wbinvd(self, cpus: list[int] | None = None) -> None:
+        """Not a command: WBINVD ran on these physical CPUs (None: on every one), which the PSP learns from the
+        cores.  Only Xen reaches every CPU; a PV Dom0's `wbinvd_on_all_cpus()` reaches one."""
+        done = self._wbinvd_done()
+        for cpu in range(len(done)) if cpus is None else cpus:
+            done[cpu] = True
+
     def wbinvd_all_cpus(self) -> None:
         """Not a command: the hypervisor ran WBINVD on every CPU (Xen does when an SEV domain dies)."""
-        self.state["wbinvd_done"] = True
+        self.wbinvd(None)
 
     def df_flush(self) -> None:
-        if not self.state["wbinvd_done"]:
-            raise status.WbinvdRequired(C.DF_FLUSH.name)
-        self.state["asids"] = {a: (CLEAN if s == DIRTY else s) for a, s in self.state["asids"].items()}
+        """Dirty → clean on every CCX whose cores have all done WBINVD; WBINVD_REQUIRED if any core has not,
+        answered after the CCXs that were ready have been cleaned (as the firmware does)."""
+        per_ccx = self.cores // self.ccxs
+        done = self._wbinvd_done()
+        ready = [all(done[c * per_ccx : (c + 1) * per_ccx]) for c in range(self.ccxs)]
+        if any(ready):
+            for asid in self.dirty_asids():
+                states = self.asid_states(asid)
+                self._set_asid(asid, [CLEAN if s == DIRTY and ready[i] else s for i, s in enumerate(states)])
+        if not all(ready):
+            waiting = [i for i, r in enumerate(ready) if not r]
+            raise status.WbinvdRequired(C.DF_FLUSH.name, detail=f"CCX {waiting} lack WBINVD on every core")
 
     # -- guests --------------------------------------------------------------------------------------------
 
@@ -300,14 +367,16 @@ class Firmware:
         guest = self._guest(cmd, handle)
         if not 1 <= asid <= self.state["max_asid"]:
             raise status.InvalidAsid(cmd.name, detail=f"ASID {asid} is outside 1..{self.state['max_asid']}")
-        asid_state = self.state["asids"][str(asid)]
-        if asid_state in (IN_USE, ALLOCATED):
+        states = self.asid_states(asid)
+        if IN_USE in states or ALLOCATED in states:
             raise status.AsidOwned(cmd.name, detail=f"ASID {asid}")
         if guest["activation"] != "none":
             raise status.Active(cmd.name, detail=f"guest already holds ASID {guest['asid']}")
         self._check_guest_state(cmd, guest)
-        if asid_state == DIRTY:
+        if DIRTY in states:
             raise status.DfflushRequired(cmd.name, detail=f"ASID {asid}")
+        if any(s != CLEAN for s in states):
+            raise status.AsidOwned(cmd.name, detail=f"ASID {asid} is not clean on every CCX")
         es_asid = asid < self.state["min_sev_asid"]
         if es_asid != bool(guest["policy"] & PolicyFlag.ES):
             kind = "SEV-ES" if es_asid else "SEV"
@@ -315,16 +384,16 @@ class Firmware:
         running = G(guest["state"]) in (G.RUNNING, G.SUPDATE)
         guest["asid"] = asid
         guest["activation"] = "active" if running else "pending"
-        self.state["asids"][str(asid)] = IN_USE if running else ALLOCATED
+        self._set_asid(asid, [IN_USE if running else ALLOCATED] * self.ccxs)
 
     def deactivate(self, handle: int) -> None:
         cmd = C.DEACTIVATE
         guest = self._enter(cmd, handle)
         self._check_activated(cmd, guest)
         was_in_use = guest["activation"] == "active"
-        self.state["asids"][str(guest["asid"])] = DIRTY if was_in_use else CLEAN
+        self._set_asid(guest["asid"], [DIRTY if was_in_use else CLEAN] * self.ccxs)
         if was_in_use:
-            self.state["wbinvd_done"] = False
+            self._clear_wbinvd_done()
         guest.update(asid=0, activation="none")
 
     def decommission(self, handle: int) -> None:
@@ -434,7 +503,7 @@ class Firmware:
         guest = self._enter(cmd, handle)
         if guest["activation"] == "pending":
             guest["activation"] = "active"
-            self.state["asids"][str(guest["asid"])] = IN_USE
+            self._set_asid(guest["asid"], [IN_USE] * self.ccxs)
         self._transition(cmd, guest)
 
     def _debug_guest(self, cmd: C, handle: int, spa: int, length: int) -> dict[str, Any]:

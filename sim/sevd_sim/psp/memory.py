@@ -10,6 +10,10 @@ AES-128-CTR under the VEK with the counter block = SPA / 16, so one bulk call co
 range, a page copied to another SPA decrypts to garbage, and the same plaintext in two guests
 gives different ciphertext.  It is a model of the behaviour, not of the hardware's cipher.
 
+`CpuCache` is the CPUs' write-back cache on a CPU without SME_COHERENT (Naples, Rome): what the host
+writes through its own key sits there until flushed, where the PSP, which reads and writes DRAM under
+the guest's key, cannot see it, and from where it is written back later over whatever the PSP put there.
+
 `MachineMemory` is the other kind: the machine memory of a real Xen host (sev=test under emulation),
 read through Xen by system physical address, for a simulated PSP that measures but cannot encrypt.
 """
@@ -21,14 +25,16 @@ import hashlib
 import logging
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from sevd.abi.units import PHYS_ADDR_LIMIT
+from sevd.durable import exclusive, read_json, write_json
 
 BLOCK = 16
+LINE = 64  # a cache line
 READ_CHUNK = 1 << 20  # Xen's READ_SPA limit per call
 
 log = logging.getLogger("sevd.sim.psp")  # under "sevd": the daemon that opens it logs its lines
@@ -103,6 +109,130 @@ class PhysicalMemory:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class CpuCache:
+    """Dirty cache lines the host wrote through its own key (the toolstack loading an image, Xen writing a
+    VMSA) on a CPU without SME_COHERENT, shared by every process of the simulated host.
+
+    DRAM is the memory file.  A write lands here (whole lines: a partial line is filled from what the
+    writer sees); reading back through the same key (`read`) sees it; the PSP reads and writes DRAM and
+    does not.  `flush` (CLFLUSH of ranges) and `flush()` (WBINVD) write lines back to DRAM, over whatever is
+    there now.  Lines a guest writes under its own key are not modelled: the simulated guest never runs.
+
+    HOST/cache/lines.json  dirty line ranges [[start, end], ...], sorted and disjoint, line-aligned
+    HOST/cache/data.img    their contents, at the same offsets as in memory.img (sparse)
+    """
+
+    def __init__(self, host: Path):
+        self.dir = Path(host) / "cache"
+
+    @classmethod
+    def create(cls, host: Path, size: int) -> CpuCache:
+        cache = cls(host)
+        cache.dir.mkdir(parents=True, exist_ok=True)
+        with open(cache.dir / "data.img", "wb") as f:
+            f.truncate(size)
+        write_json(cache.dir / "lines.json", {"lines": []})
+        return cache
+
+    @property
+    def exists(self) -> bool:
+        return (self.dir / "lines.json").exists()
+
+    def _lines(self) -> list[list[int]]:
+        return read_json(self.dir / "lines.json")["lines"]
+
+    def _save(self, lines: list[list[int]]) -> None:
+        write_json(self.dir / "lines.json", {"lines": lines})
+
+    def dirty(self) -> list[tuple[int, int]]:
+        """(spa, length) of the dirty lines, coalesced."""
+        return [(lo, hi - lo) for lo, hi in self._lines()]
+
+    def write(self, memory: PhysicalMemory, spa: int, data: bytes) -> None:
+        """A store through the host's key: the lines go dirty in the cache, DRAM is unchanged."""
+        memory._check(spa, len(data))
+        if not data:
+            return
+        lo, hi = spa - spa % LINE, -(-(spa + len(data)) // LINE) * LINE
+        with exclusive(self.dir / "lock"):
+            lines = self._lines()
+            buf = bytearray(self._view(memory, lines, lo, hi - lo))
+            buf[spa - lo : spa - lo + len(data)] = data
+            fd = os.open(self.dir / "data.img", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                os.pwrite(fd, bytes(buf), lo)
+            finally:
+                os.close(fd)
+            self._save(_merge([*lines, [lo, hi]]))
+
+    def read(self, memory: PhysicalMemory, spa: int, length: int) -> bytes:
+        """A load through the host's key: its own dirty lines, else DRAM."""
+        with exclusive(self.dir / "lock"):
+            return self._view(memory, self._lines(), spa, length)
+
+    def _view(self, memory: PhysicalMemory, lines: list[list[int]], spa: int, length: int) -> bytes:
+        out = bytearray(memory.read(spa, length))
+        hits = _clip(lines, spa, spa + length)
+        if hits:
+            fd = os.open(self.dir / "data.img", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                for lo, hi in hits:
+                    out[lo - spa : hi - spa] = os.pread(fd, hi - lo, lo)
+            finally:
+                os.close(fd)
+        return bytes(out)
+
+    def flush(self, memory: PhysicalMemory, ranges: Sequence[tuple[int, int]] | None = None) -> int:
+        """Write back and invalidate the dirty lines in `ranges` (CLFLUSH), or all of them (WBINVD, None).
+        Returns how many bytes went back to DRAM."""
+        with exclusive(self.dir / "lock"):
+            lines = self._lines()
+            if not lines:
+                return 0
+            spans = [[0, 1 << 62]] if ranges is None else _merge([[s - s % LINE, s + n] for s, n in ranges if n > 0])
+            written = 0
+            fd = os.open(self.dir / "data.img", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                for lo, hi in spans:
+                    for a, b in _clip(lines, lo, -(-hi // LINE) * LINE):
+                        memory.write(a, os.pread(fd, b - a, a))
+                        written += b - a
+                        # the cache copy is dropped: sparse again, it costs nothing
+                        os.pwrite(fd, bytes(b - a), a)
+                    lines = _subtract(lines, lo, -(-hi // LINE) * LINE)
+            finally:
+                os.close(fd)
+            self._save(lines)
+            return written
+
+
+def _merge(spans: list[list[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return out
+
+
+def _clip(lines: list[list[int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    return [(max(a, lo), min(b, hi)) for a, b in lines if a < hi and b > lo]
+
+
+def _subtract(lines: list[list[int]], lo: int, hi: int) -> list[list[int]]:
+    out: list[list[int]] = []
+    for a, b in lines:
+        if b <= lo or a >= hi:
+            out.append([a, b])
+            continue
+        if a < lo:
+            out.append([a, lo])
+        if b > hi:
+            out.append([hi, b])
+    return out
 
 
 class MachineMemory:
