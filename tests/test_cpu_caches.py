@@ -294,12 +294,17 @@ def test_without_the_flush_a_coherent_cpu_still_measures_right(tmp_path):
 
 
 @needs_ovmf
-@pytest.mark.parametrize("cpu", ["naples", "genoa"])
-def test_demo_on_a_host_of_each_generation(tmp_path, cpu):
+@pytest.mark.parametrize(  # every CPU generation and every Linux driver generation at least once
+    ("cpu", "linux"), [("naples", "6.16"), ("rome", "6.12"), ("milan", "6.1"), ("genoa", "6.12"), ("turin", "6.16")]
+)
+def test_demo_on_a_host_of_each_generation(tmp_path, cpu, linux):
     sevd_sim = shutil.which("sevd-sim", path=str(Path(sys.executable).parent))
     host = tmp_path / cpu
-    made = subprocess.run([sevd_sim, "host", "--cpu", cpu, "--create-only", str(host)], capture_output=True, text=True)
+    made = subprocess.run(
+        [sevd_sim, "host", "--cpu", cpu, "--linux", linux, "--create-only", str(host)], capture_output=True, text=True
+    )
     assert made.returncode == 0, made.stderr
+    assert f"Linux {linux}" in made.stdout
     assert f'"name": "{cpu}"' in (host / "cpu.json").read_text()
     proc = subprocess.run([sevd_sim, "demo", "--host", str(host)], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
