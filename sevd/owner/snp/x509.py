@@ -7,10 +7,9 @@ cryptography under `warnings.catch_warnings` (that warning silenced); if cryptog
 it falls back to a minimal DER reader that takes only what verification needs from the certificate (the TBS bytes,
 the signature, the public key, the extensions) and nothing else.  Both paths give the same value.
 
-VCEK extensions (AMD, "Versioned Chip Endorsement Key (VCEK) Certificate and KDS Interface Specification" #57230,
-section 3.1): 1.3.6.1.4.1.3704.1.3.{1 blSPL, 2 teeSPL, 3 snpSPL, 8 ucodeSPL, 9 fmcSPL (Turin)} DER INTEGERs,
-1.3.6.1.4.1.3704.1.4 hwID (the chip id, raw bytes: 64, or 8 on Turin), 1.3.6.1.4.1.3704.1.2 productName
-(IA5String, e.g. "Milan-B0").
+Only AMD's extensions (1.3.6.1.4.1.3704.*, named in sevd.abi.snp) are kept (AMD, "Versioned Chip Endorsement
+Key (VCEK) Certificate and KDS Interface Specification" #57230, section 3.1): the blSPL, teeSPL, snpSPL, ucodeSPL
+and (Turin) fmcSPL DER INTEGERs, hwID (the chip id: 64 bytes, 8 on Turin), productName (e.g. "Milan-B0").
 """
 
 from __future__ import annotations
@@ -24,19 +23,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from sevd.abi import snp
 from sevd.errors import InputError
 
 SNP_GENERATIONS = ("milan", "genoa", "turin")
-KDS_PRODUCT = {"milan": "Milan", "genoa": "Genoa", "turin": "Turin"}
 
-OID_BL_SPL = "1.3.6.1.4.1.3704.1.3.1"
-OID_TEE_SPL = "1.3.6.1.4.1.3704.1.3.2"
-OID_SNP_SPL = "1.3.6.1.4.1.3704.1.3.3"
-OID_UCODE_SPL = "1.3.6.1.4.1.3704.1.3.8"
-OID_FMC_SPL = "1.3.6.1.4.1.3704.1.3.9"
-OID_HWID = "1.3.6.1.4.1.3704.1.4"
-OID_PRODUCT_NAME = "1.3.6.1.4.1.3704.1.2"
-TCB_OIDS = {"bootloader": OID_BL_SPL, "tee": OID_TEE_SPL, "snp": OID_SNP_SPL, "microcode": OID_UCODE_SPL}
+AMD_OID_PREFIX = "1.3.6.1.4.1.3704."
+TCB_OIDS = {
+    "boot_loader": snp.OID_BL_SPL,
+    "tee": snp.OID_TEE_SPL,
+    "snp": snp.OID_SNP_SPL,
+    "microcode": snp.OID_UCODE_SPL,
+}
 OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
 OID_ECDSA_SHA384 = "1.2.840.10045.4.3.3"
 
@@ -93,7 +91,9 @@ def _parse_der_minimal(der: bytes, name: str) -> tuple[bytes, bytes, str, bytes,
         raise InputError(f"{name}: not an X.509 certificate")
     tbs_el, alg_el, sig_el = top
     tbs = der[tbs_el[1] : tbs_el[3]]
-    alg_oid = _oid(der[_children(der, alg_el[2], alg_el[3], name)[0][2] : _children(der, alg_el[2], alg_el[3], name)[0][3]])
+    alg_oid = _oid(
+        der[_children(der, alg_el[2], alg_el[3], name)[0][2] : _children(der, alg_el[2], alg_el[3], name)[0][3]]
+    )
     signature = der[sig_el[2] + 1 : sig_el[3]]  # BIT STRING: skip the unused-bits byte
     fields = _children(der, tbs_el[2], tbs_el[3], name)
     i = 1 if fields and fields[0][0] == 0xA0 else 0  # [0] version
@@ -109,7 +109,8 @@ def _parse_der_minimal(der: bytes, name: str) -> tuple[bytes, bytes, str, bytes,
             parts = _children(der, es, ee, name)
             oid = _oid(der[parts[0][2] : parts[0][3]])
             value = parts[-1]
-            extensions[oid] = der[value[2] : value[3]]
+            if oid.startswith(AMD_OID_PREFIX):
+                extensions[oid] = der[value[2] : value[3]]
     return tbs, signature, alg_oid, spki, extensions, serial
 
 
@@ -144,7 +145,7 @@ class Certificate:
                 cert = cx509.load_der_x509_certificate(der)
                 serial = cert.serial_number
             key = cert.public_key()
-            exts = {e.oid.dotted_string: _ext_value(e) for e in cert.extensions}
+            exts = {e.oid.dotted_string: _unrecognized(e) for e in cert.extensions if _is_amd(e)}
             tbs, sig, oid = cert.tbs_certificate_bytes, cert.signature, cert.signature_algorithm_oid.dotted_string
         except ValueError:
             tbs, sig, oid, spki, exts, serial = _parse_der_minimal(der, name)
@@ -178,23 +179,36 @@ class Certificate:
 
     # VCEK/VLEK extensions
     def tcb_extensions(self) -> dict[str, int]:
+        """AMD's TCB extensions of a VCEK/VLEK: boot_loader, tee, snp, microcode and (Turin) fmc SPLs."""
         oids = dict(TCB_OIDS)
-        if OID_FMC_SPL in self.extensions:
-            oids["fmc"] = OID_FMC_SPL
+        if snp.OID_FMC_SPL in self.extensions:
+            oids["fmc"] = snp.OID_FMC_SPL
         missing = [n for n, o in oids.items() if o not in self.extensions]
         if missing:
             raise InputError(f"{self.name}: lacks AMD's TCB extension(s) {', '.join(missing)} (not a VCEK/VLEK?)")
         return {n: _der_int(self.extensions[o], f"{self.name} {n}SPL") for n, o in oids.items()}
 
     def hwid(self) -> bytes | None:
-        return self.extensions.get(OID_HWID)
+        """The hwID extension: raw bytes, or (as some tools write it) a DER OCTET STRING around them."""
+        value = self.extensions.get(snp.OID_HWID)
+        if value is not None and len(value) >= 2 and value[0] == 0x04:
+            try:
+                _, cs, ce = _tlv(value, 0, "hwID")
+            except InputError:
+                return value
+            if ce == len(value):
+                return value[cs:ce]
+        return value
 
 
-def _ext_value(ext: cx509.Extension[cx509.ExtensionType]) -> bytes:
+def _unrecognized(ext: cx509.Extension[cx509.ExtensionType]) -> bytes:
     value = ext.value
-    if isinstance(value, cx509.UnrecognizedExtension):
-        return value.value
-    return value.public_bytes()
+    assert isinstance(value, cx509.UnrecognizedExtension)
+    return value.value
+
+
+def _is_amd(ext: cx509.Extension[cx509.ExtensionType]) -> bool:
+    return ext.oid.dotted_string.startswith(AMD_OID_PREFIX) and isinstance(ext.value, cx509.UnrecognizedExtension)
 
 
 def _pem_to_der(data: bytes, name: str) -> bytes:
