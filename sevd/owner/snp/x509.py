@@ -139,6 +139,7 @@ class Certificate:
     def parse(cls, data: bytes, name: str) -> Certificate:
         """PEM or DER."""
         der = _pem_to_der(data, name) if data.lstrip().startswith(b"-----BEGIN") else data
+        key: object
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*serial number.*")
@@ -148,7 +149,10 @@ class Certificate:
             exts = {e.oid.dotted_string: _unrecognized(e) for e in cert.extensions if _is_amd(e)}
             tbs, sig, oid = cert.tbs_certificate_bytes, cert.signature, cert.signature_algorithm_oid.dotted_string
         except ValueError:
-            tbs, sig, oid, spki, exts, serial = _parse_der_minimal(der, name)
+            try:
+                tbs, sig, oid, spki, exts, serial = _parse_der_minimal(der, name)
+            except (IndexError, ValueError):
+                raise InputError(f"{name}: not an X.509 certificate (PEM or DER)") from None
             try:
                 key = serialization.load_der_public_key(spki)
             except ValueError:
