@@ -40,6 +40,59 @@ struct sev_data_launch_finish { uint32_t handle; };
 struct sev_data_dbg { uint32_t handle; uint32_t reserved; uint64_t src_addr; uint64_t dst_addr; uint32_t len; };
 """
 
+# SEV-SNP firmware command buffers (SNP firmware ABI, publication 56860, chapter 8; the same layouts as
+# Linux's include/linux/psp-sev.h, which is kernel-internal), packed.  Linux declares some flags as C
+# bit-fields; here each such word is one integer field and sevd.abi.snp names its bits (*_FLAGS_*), so the
+# layout does not depend on how a compiler packs bit-fields.  Every address is a system physical address.
+SNP_COMMAND_BUFFERS = """
+struct sev_data_snp_addr { uint64_t address; };
+struct sev_data_snp_init_ex {
+    uint32_t flags; uint32_t rsvd1; uint64_t list_paddr; uint16_t max_snp_asid; uint8_t rsvd2[46];
+};
+struct sev_data_snp_shutdown_ex { uint32_t len; uint32_t flags; };
+struct sev_data_snp_activate { uint64_t gctx_paddr; uint32_t asid; };
+struct sev_data_snp_launch_start {
+    uint64_t gctx_paddr; uint64_t policy; uint64_t ma_gctx_paddr; uint32_t flags; uint32_t desired_tsc_khz;
+    uint8_t gosvw[16];
+};
+struct sev_data_snp_launch_update {
+    uint64_t gctx_paddr; uint32_t flags; uint32_t rsvd2; uint64_t address;
+    uint8_t rsvd3; uint8_t vmpl1_perms; uint8_t vmpl2_perms; uint8_t vmpl3_perms; uint32_t rsvd4;
+};
+struct sev_data_snp_launch_finish {
+    uint64_t gctx_paddr; uint64_t id_block_paddr; uint64_t id_auth_paddr; uint64_t flags; uint8_t host_data[32];
+};
+struct sev_data_snp_guest_status { uint64_t gctx_paddr; uint64_t address; };
+struct sev_data_snp_guest_status_page {
+    uint64_t policy; uint32_t asid; uint8_t state; uint8_t rsvd[3]; uint32_t flags; uint32_t rsvd2;
+};
+struct sev_data_snp_page_reclaim { uint64_t paddr; };
+struct sev_data_snp_guest_request { uint64_t gctx_paddr; uint64_t req_paddr; uint64_t res_paddr; };
+struct sev_data_snp_dbg { uint64_t gctx_paddr; uint64_t src_addr; uint64_t dst_addr; };
+struct sev_data_snp_commit { uint32_t len; };
+struct sevd_snp_platform_status {
+    uint8_t api_major; uint8_t api_minor; uint8_t state; uint8_t rmp_flags; uint32_t build_id;
+    uint32_t flags; uint32_t guest_count; uint64_t current_tcb_version; uint64_t reported_tcb_version;
+};
+struct sevd_snp_config { uint64_t reported_tcb; uint32_t flags; uint8_t rsvd[52]; };
+struct sevd_snp_vlek_load {
+    uint32_t len; uint8_t vlek_wrapped_version; uint8_t rsvd[3]; uint64_t vlek_wrapped_address;
+};
+"""
+# The last three are also the user ioctls' buffers (SNP_PLATFORM_STATUS, SNP_SET_CONFIG, SNP_VLEK_LOAD; uapi
+# struct sev_user_data_snp_status/_config/_vlek_load since Linux 6.11).  Debian 12's header lacks them and Debian
+# 13's has them, so they carry sevd's own names and the spec's sizes are asserted at compile time below.
+SNP_SIZES = {
+    "sev_data_snp_init_ex": 0x40,
+    "sev_data_snp_launch_start": 0x30,
+    "sev_data_snp_launch_update": 0x20,
+    "sev_data_snp_launch_finish": 0x40,
+    "sev_data_snp_guest_status_page": 0x18,
+    "sevd_snp_platform_status": 0x20,
+    "sevd_snp_config": 0x40,
+    "sevd_snp_vlek_load": 0x10,
+}
+
 KERNEL_UAPI = """
 struct sev_issue_cmd { uint32_t cmd; uint64_t data; uint32_t error; ...; };
 struct sev_user_data_status {
@@ -67,6 +120,7 @@ int sevd_ioctl(int fd, unsigned long request, struct sev_issue_cmd *arg);
 ffibuilder = FFI()
 ffibuilder.cdef(KERNEL_UAPI)
 ffibuilder.cdef(GUEST_COMMAND_BUFFERS, packed=True)
+ffibuilder.cdef(SNP_COMMAND_BUFFERS, packed=True)
 ffibuilder.set_source(
     "sevd._psp",
     """
@@ -84,8 +138,12 @@ ffibuilder.set_source(
 #pragma pack(push, 1)
 """
     + GUEST_COMMAND_BUFFERS
+    + SNP_COMMAND_BUFFERS
     + """
 #pragma pack(pop)
+"""
+    + "".join(f'_Static_assert(sizeof(struct {n}) == {v}, "{n}");\n' for n, v in SNP_SIZES.items())
+    + """
 
 int sevd_ioctl(int fd, unsigned long request, struct sev_issue_cmd *arg)
 {

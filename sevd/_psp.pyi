@@ -70,6 +70,78 @@ class sev_data_launch_update_vmsa(Protocol):
     address: int  # uint64_t
     len: int  # uint32_t
 
+class sev_data_snp_activate(Protocol):
+    gctx_paddr: int  # uint64_t
+    asid: int  # uint32_t
+
+class sev_data_snp_addr(Protocol):
+    address: int  # uint64_t
+
+class sev_data_snp_commit(Protocol):
+    len: int  # uint32_t
+
+class sev_data_snp_dbg(Protocol):
+    gctx_paddr: int  # uint64_t
+    src_addr: int  # uint64_t
+    dst_addr: int  # uint64_t
+
+class sev_data_snp_guest_request(Protocol):
+    gctx_paddr: int  # uint64_t
+    req_paddr: int  # uint64_t
+    res_paddr: int  # uint64_t
+
+class sev_data_snp_guest_status(Protocol):
+    gctx_paddr: int  # uint64_t
+    address: int  # uint64_t
+
+class sev_data_snp_guest_status_page(Protocol):
+    policy: int  # uint64_t
+    asid: int  # uint32_t
+    state: int  # uint8_t
+    rsvd: Any  # uint8_t[3]
+    flags: int  # uint32_t
+    rsvd2: int  # uint32_t
+
+class sev_data_snp_init_ex(Protocol):
+    flags: int  # uint32_t
+    rsvd1: int  # uint32_t
+    list_paddr: int  # uint64_t
+    max_snp_asid: int  # uint16_t
+    rsvd2: Any  # uint8_t[46]
+
+class sev_data_snp_launch_finish(Protocol):
+    gctx_paddr: int  # uint64_t
+    id_block_paddr: int  # uint64_t
+    id_auth_paddr: int  # uint64_t
+    flags: int  # uint64_t
+    host_data: Any  # uint8_t[32]
+
+class sev_data_snp_launch_start(Protocol):
+    gctx_paddr: int  # uint64_t
+    policy: int  # uint64_t
+    ma_gctx_paddr: int  # uint64_t
+    flags: int  # uint32_t
+    desired_tsc_khz: int  # uint32_t
+    gosvw: Any  # uint8_t[16]
+
+class sev_data_snp_launch_update(Protocol):
+    gctx_paddr: int  # uint64_t
+    flags: int  # uint32_t
+    rsvd2: int  # uint32_t
+    address: int  # uint64_t
+    rsvd3: int  # uint8_t
+    vmpl1_perms: int  # uint8_t
+    vmpl2_perms: int  # uint8_t
+    vmpl3_perms: int  # uint8_t
+    rsvd4: int  # uint32_t
+
+class sev_data_snp_page_reclaim(Protocol):
+    paddr: int  # uint64_t
+
+class sev_data_snp_shutdown_ex(Protocol):
+    len: int  # uint32_t
+    flags: int  # uint32_t
+
 class sev_issue_cmd(Protocol):
     cmd: int  # uint32_t
     data: int  # uint64_t
@@ -107,6 +179,28 @@ class sev_user_data_status(Protocol):
     build: int  # uint8_t
     guest_count: int  # uint32_t
 
+class sevd_snp_config(Protocol):
+    reported_tcb: int  # uint64_t
+    flags: int  # uint32_t
+    rsvd: Any  # uint8_t[52]
+
+class sevd_snp_platform_status(Protocol):
+    api_major: int  # uint8_t
+    api_minor: int  # uint8_t
+    state: int  # uint8_t
+    rmp_flags: int  # uint8_t
+    build_id: int  # uint32_t
+    flags: int  # uint32_t
+    guest_count: int  # uint32_t
+    current_tcb_version: int  # uint64_t
+    reported_tcb_version: int  # uint64_t
+
+class sevd_snp_vlek_load(Protocol):
+    len: int  # uint32_t
+    vlek_wrapped_version: int  # uint8_t
+    rsvd: Any  # uint8_t[3]
+    vlek_wrapped_address: int  # uint64_t
+
 class _FFI(cffi.FFI):
     @overload
     def new(self, cdecl: Literal["struct sev_data_activate *"], init: Any = None) -> sev_data_activate: ...
@@ -135,6 +229,48 @@ class _FFI(cffi.FFI):
         self, cdecl: Literal["struct sev_data_launch_update_vmsa *"], init: Any = None
     ) -> sev_data_launch_update_vmsa: ...
     @overload
+    def new(self, cdecl: Literal["struct sev_data_snp_activate *"], init: Any = None) -> sev_data_snp_activate: ...
+    @overload
+    def new(self, cdecl: Literal["struct sev_data_snp_addr *"], init: Any = None) -> sev_data_snp_addr: ...
+    @overload
+    def new(self, cdecl: Literal["struct sev_data_snp_commit *"], init: Any = None) -> sev_data_snp_commit: ...
+    @overload
+    def new(self, cdecl: Literal["struct sev_data_snp_dbg *"], init: Any = None) -> sev_data_snp_dbg: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct sev_data_snp_guest_request *"], init: Any = None
+    ) -> sev_data_snp_guest_request: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct sev_data_snp_guest_status *"], init: Any = None
+    ) -> sev_data_snp_guest_status: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct sev_data_snp_guest_status_page *"], init: Any = None
+    ) -> sev_data_snp_guest_status_page: ...
+    @overload
+    def new(self, cdecl: Literal["struct sev_data_snp_init_ex *"], init: Any = None) -> sev_data_snp_init_ex: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct sev_data_snp_launch_finish *"], init: Any = None
+    ) -> sev_data_snp_launch_finish: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct sev_data_snp_launch_start *"], init: Any = None
+    ) -> sev_data_snp_launch_start: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct sev_data_snp_launch_update *"], init: Any = None
+    ) -> sev_data_snp_launch_update: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct sev_data_snp_page_reclaim *"], init: Any = None
+    ) -> sev_data_snp_page_reclaim: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct sev_data_snp_shutdown_ex *"], init: Any = None
+    ) -> sev_data_snp_shutdown_ex: ...
+    @overload
     def new(self, cdecl: Literal["struct sev_issue_cmd *"], init: Any = None) -> sev_issue_cmd: ...
     @overload
     def new(self, cdecl: Literal["struct sev_user_data_get_id *"], init: Any = None) -> sev_user_data_get_id: ...
@@ -152,6 +288,14 @@ class _FFI(cffi.FFI):
     def new(self, cdecl: Literal["struct sev_user_data_pek_csr *"], init: Any = None) -> sev_user_data_pek_csr: ...
     @overload
     def new(self, cdecl: Literal["struct sev_user_data_status *"], init: Any = None) -> sev_user_data_status: ...
+    @overload
+    def new(self, cdecl: Literal["struct sevd_snp_config *"], init: Any = None) -> sevd_snp_config: ...
+    @overload
+    def new(
+        self, cdecl: Literal["struct sevd_snp_platform_status *"], init: Any = None
+    ) -> sevd_snp_platform_status: ...
+    @overload
+    def new(self, cdecl: Literal["struct sevd_snp_vlek_load *"], init: Any = None) -> sevd_snp_vlek_load: ...
     @overload
     def new(self, cdecl: str | cffi.FFI.CType, init: Any = None) -> Any: ...
     def cast(self, cdecl: str | cffi.FFI.CType, source: Any) -> Any: ...

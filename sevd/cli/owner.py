@@ -7,28 +7,23 @@ input (a missing or malformed file or argument).  `--json` on every verb prints 
 from __future__ import annotations
 
 import base64
-import functools
-import json
 import pathlib
-import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from sevd.abi import certs
 from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy
-from sevd.errors import InputError, SevdError, VerificationError
+from sevd.cli.owner_snp import snp_group
+from sevd.cli.owner_verbs import _Result, _verb
+from sevd.errors import InputError, VerificationError
 from sevd.owner import files, keyserver
 from sevd.owner import measurement as owner_measurement
 from sevd.owner import secret as owner_secret
 from sevd.owner.chain import verify_chain_dir
 from sevd.owner.session import make_session, write_session
-
-EXIT_OK = 0
-EXIT_VERIFY = 1
-EXIT_INPUT = 2
 
 
 def parse_policy(text: str) -> int:
@@ -68,43 +63,6 @@ def parse_mnonce(text: str) -> bytes:
     if len(data) != 16:
         raise InputError(f"--mnonce {text!r}: expected 32 hex digits (16 bytes)")
     return data
-
-
-class _Result:
-    """What a verb reports: a dict for --json and lines for people."""
-
-    def __init__(self, lines: list[str] | None = None, **data: Any):
-        self.lines = lines or []
-        self.data = data
-
-
-def _verb(fn: Callable[..., _Result]) -> Callable[..., None]:
-    """Add --json, run the verb, print its result, and map errors to exit status 1 or 2."""
-
-    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-    @functools.wraps(fn)
-    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> None:
-        try:
-            result = fn(*args, **kwargs)
-        except VerificationError as exc:
-            _fail(as_json, EXIT_VERIFY, "verification", str(exc))
-        except SevdError as exc:
-            _fail(as_json, EXIT_INPUT, "input", str(exc))
-        if as_json:
-            click.echo(json.dumps({"ok": True, **result.data}, sort_keys=True))
-        else:
-            for line in result.lines:
-                click.echo(line)
-
-    return wrapper
-
-
-def _fail(as_json: bool, code: int, kind: str, message: str) -> NoReturn:
-    if as_json:
-        click.echo(json.dumps({"ok": False, "error": kind, "message": message}, sort_keys=True))
-    else:
-        click.echo(f"sev-owner: {message}", err=True)
-    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -375,6 +333,8 @@ def show_cert_cmd(path: str) -> _Result:
     info = cert.describe()
     return _Result([f"{k}: {v}" for k, v in info.items()], **info)
 
+
+main.add_command(snp_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

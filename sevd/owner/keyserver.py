@@ -11,7 +11,8 @@ with url = https://kdsintf.amd.com and roots_url = https://developer.amd.com/wp-
 base URL (a mirror, an air-gapped copy, the simulated host's `file://HOST/kds`) holds both trees under one base:
 <url>/cek/id/... and <url>/wp-content/resources/ask_ark_....  `http(s)://` and `file://` URLs both work
 (urllib).  Answers are cached under the same relative paths (default /var/cache/sevd/kds); a cached answer is
-used without asking the server, so a pre-filled cache works offline.
+used without asking the server, so a pre-filled cache works offline.  `KeyServer.fetch_path` gives the same
+fetching and caching to any other tree of the server (the SNP VCEKs, `sevd.owner.snp.kds`).
 
 Nothing fetched here is trusted: the owner verifies the chain against AMD's bundled roots (sevd.owner.chain).
 The checks here refuse answers that cannot be what was asked for (a malformed certificate, the wrong usage,
@@ -130,6 +131,21 @@ class KeyServer:
         pair = _check_ask_ark(data, url)
         self._store(cache_rel, data)
         return pair
+
+    def fetch_path(self, rel: str, what: str, key: str, check: Callable[[bytes], _T]) -> tuple[_T, str]:
+        """(checked answer, URL) for any path under `url` (the SNP VCEK tree, say): the cached answer when it
+        passes `check`, else fetched, checked and cached under the same relative path (query string included)."""
+        rel = rel.lstrip("/")
+        if ".." in rel.split("?")[0].split("/"):
+            raise InputError(f"key server path {rel!r}: no '..' allowed")
+        url = f"{self.url.rstrip('/')}/{rel}"
+        cached = self._cached(rel, check)
+        if cached is not None:
+            return cached, url
+        data = self._get(url, what, key)
+        value = check(data)
+        self._store(rel, data)
+        return value, url
 
     def _get(self, url: str, what: str, key: str) -> bytes:
         cache = f"the cache {self.cache_dir}" if self.cache_dir is not None else "no cache"
