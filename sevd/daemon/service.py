@@ -28,12 +28,12 @@ import pyxs
 from sevd.abi.commands import FirmwareGuestState
 from sevd.abi.policy import Policy
 from sevd.abi.status import DfflushRequired, FirmwareError
-from sevd.abi.units import PAGE_SIZE, Asid, DomId, Gpa, Spa
+from sevd.abi.units import PAGE_SIZE, Asid, DomId, Gpa, Handle, Spa
 from sevd.backends import open_hypervisor, open_psp
 from sevd.config import Config
 from sevd.daemon.notify import listening, notify, setup_logging, watchdog_interval
 from sevd.daemon.pspqueue import PspQueue
-from sevd.daemon.records import GuestRecord, RecordStore
+from sevd.daemon.records import GuestRecord, JournalError, RecordStore
 from sevd.errors import DeviceError, InputError, SevdError
 from sevd.guest import GuestCommands
 from sevd.launch import (
@@ -159,6 +159,11 @@ class Daemon:
         self._summaries: dict[DomId, proto.GuestSummary] = {}
         self._summaries_lock = threading.Lock()
         self._layout: dict[tuple[int, str], list[Any]] = {}  # image ranges and VMSA pages, during a launch
+        # Guests whose journal fell behind a command (a write failed after it): settled first by the next pass.
+        self._unsettled: set[DomId] = set()
+        # Guests to try again later (a journal write or a teardown failed): the last backoff, the pending timer.
+        self._retries: dict[DomId, float] = {}
+        self._timers: dict[DomId, threading.Timer] = {}
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -359,6 +364,10 @@ class Daemon:
     def _shutdown(self) -> None:
         self.log.info("stopping")
         notify(STOPPING="1")
+        with self._poke_lock:
+            timers, self._timers = list(self._timers.values()), {}
+        for timer in timers:
+            timer.cancel()
         self.pool.shutdown(wait=True)
         if self.xs is not None:
             self.xs.close()
@@ -391,23 +400,104 @@ class Daemon:
                 return
 
     def reconcile(self, domid: DomId) -> None:
-        """One pass: observe the guest, then perform what the launch core decides until it needs nothing more."""
+        """One pass: observe the guest, then perform what the launch core decides until it needs nothing more.
+
+        A journal write that fails is published in the summary and the pass ends; when the record that
+        failed was the one after a command, the journal still names that step in flight, and the next pass
+        settles it from GUEST_STATUS first, as start-up recovery does (never issuing it again blind)."""
         assert self.xs is not None
         p = _Pass(domid, self.records.load(domid), alive=self.hv.domain_exists(domid))
-        if p.alive:
-            self._observe(p)
         try:
-            while True:
-                summary = self._summaries.get(domid)
-                published = Published(summary.state, summary.ack) if summary is not None else None
-                actions = decide(p.record, p.request, p.command, p.alive, published=published, layout=p.layout)
-                for action in actions:
-                    self._perform(p, action)
-                if not actions or not isinstance(actions[-1], DECIDE_AGAIN):
-                    return
+            if domid in self._unsettled:
+                self._settle(p)
+            if p.alive:
+                self._observe(p)
+            self._decide_loop(p)
+        except JournalError as exc:
+            self._journal_failed(p, exc)
+            return
         finally:
             for kind in ("image", "vmsa", "flushed-image", "flushed-vmsa"):
                 self._layout.pop((domid, kind), None)
+        self._retries.pop(domid, None)
+
+    def _decide_loop(self, p: _Pass) -> None:
+        domid = p.domid
+        while True:
+            summary = self._summaries.get(domid)
+            published = Published(summary.state, summary.ack) if summary is not None else None
+            actions = decide(p.record, p.request, p.command, p.alive, published=published, layout=p.layout)
+            for action in actions:
+                self._perform(p, action)
+            if not actions or not isinstance(actions[-1], DECIDE_AGAIN):
+                return
+
+    def _seen(self, rec: GuestRecord) -> FirmwareStatus:
+        """GUEST_STATUS of the record's handle, as the recovery table reads it."""
+        if not rec.handle:
+            return NOT_ASKED
+        status = self.psp(self.guest.guest_status, rec.handle)
+        return FirmwareStatus(status.state, status.asid)
+
+    def _settle(self, p: _Pass) -> None:
+        """The journal fell behind a command: settle the step it names in flight with GUEST_STATUS, through
+        the same `decide` as start-up recovery; then drop the journal error from the summary."""
+        rec = p.record
+        if rec is not None and rec.pending is not None:
+            seen = self._seen(rec)
+            resolution = resolve(rec.pending, seen, rec)
+            self.log.info("domain %d: settling step %s (%s)", p.domid, rec.pending, resolution.value)
+            for action in decide(rec, None, None, True, seen):
+                self._perform(p, action)
+        self._unsettled.discard(p.domid)
+        shown = self._summaries.get(p.domid)
+        if shown is not None and shown.error and shown.error.startswith("JOURNAL_"):
+            self._publish(p.domid, self._amend(p.domid, p.record, error=p.record.error if p.record else None))
+
+    def _journal_failed(self, p: _Pass, exc: JournalError) -> None:
+        """Publish the journal failure in the summary and try the guest again later, with backoff."""
+        domid = p.domid
+        if exc.issued is not None:
+            step, result = exc.issued
+            self._unsettled.add(domid)
+            if step == Step.LAUNCH_START and isinstance(result, int) and result:
+                # A handle no journal knows: free it now rather than at the next start's orphan sweep.
+                self._release_unjournaled(domid, Handle(result))
+        delay = self._retry_later(domid)
+        message = f"{exc}; sevd tries again in {delay:.1f} s"
+        self.log.error("domain %d: %s: %s", domid, exc.name, message, extra=self._fields(p.record, exc.name))
+        try:
+            self._publish(domid, self._amend(domid, p.record, error=proto.error_text(exc.name, message)))
+        except (XenstoreError, pyxs.PyXSError, OSError) as err:
+            self.log.warning("domain %d: cannot publish the journal error: %s", domid, err)
+
+    def _release_unjournaled(self, domid: DomId, handle: Handle) -> None:
+        try:
+            self.psp(self.guest.decommission, handle)
+            self.log.warning("domain %d: decommissioned handle %d, which the journal could not record", domid, handle)
+        except (FirmwareError, DeviceError) as err:
+            self.log.error("domain %d: handle %d is known to no journal: %s", domid, handle, err)
+
+    def _retry_later(self, domid: DomId) -> float:
+        """Poke `domid` again after a backoff (0.5 s doubling to 30 s); the delay chosen."""
+        with self._poke_lock:
+            delay = self._retries.get(domid, 0.25) * 2
+            delay = min(delay, 30.0)
+            self._retries[domid] = delay
+            timer = threading.Timer(delay, self._retry_fire, (domid,))
+            timer.daemon = True
+            old = self._timers.pop(domid, None)
+            self._timers[domid] = timer
+        if old is not None:
+            old.cancel()
+        timer.start()
+        return delay
+
+    def _retry_fire(self, domid: DomId) -> None:
+        with self._poke_lock:
+            self._timers.pop(domid, None)
+        if not self.stopping.is_set():
+            self.poke(domid)
 
     def _observe(self, p: _Pass) -> None:
         """The guest's nodes: one list says whether there is a request, a command, a summary."""
@@ -462,19 +552,21 @@ class Daemon:
                 p.layout = self._layout_of(p.record)
             case Start(record=rec, name=name):
                 assert p.parsed is not None
+                self.records.save(rec)  # before the ack: a request acked is one the journal knows
                 self._requests[domid] = p.parsed
                 p.record = rec
-                self.records.save(rec)  # before the ack: a request acked is one the journal knows
                 launching = proto.GuestSummary(
                     state=rec.state, ack=rec.generation, name=name, policy=Policy(rec.policy)
                 )
                 self._publish(domid, launching)
             case Save(record=rec):
-                p.record = rec
                 self.records.save(rec)
+                p.record = rec
             case TearDown(best_effort=best_effort):
                 try:
                     self._tear_down(p)
+                except JournalError:
+                    raise
                 except (FirmwareError, SevdError) as exc:
                     if not best_effort:
                         raise
@@ -484,8 +576,9 @@ class Daemon:
                 self.log.error(
                     "domain %d: launch failed: %s: %s", domid, name, message, extra=self._fields(p.record, name)
                 )
-                p.record = dataclasses.replace(p.record, state=GuestState.ERROR, error=proto.error_text(name, message))
-                self.records.save(p.record)
+                failed = dataclasses.replace(p.record, state=GuestState.ERROR, error=proto.error_text(name, message))
+                self.records.save(failed)
+                p.record = failed
             case Publish(step=step):
                 assert p.record is not None
                 self._publish(domid, self._summary_of(p.record, step=step))
@@ -639,8 +732,13 @@ class Daemon:
             fault_point("after", step)
             assert p.record is not None
             # The result is in the "after" record: nothing learnt may live only in memory.
-            p.record = complete(p.record, step, result, layout)
-            self.records.save(p.record)
+            done = complete(p.record, step, result, layout)
+            try:
+                self.records.save(done)
+            except JournalError as exc:
+                exc.issued = (step, result)  # the journal still names the step in flight: settle it, never redo it
+                raise
+            p.record = done
             return result
 
         return run() if step in XEN_STEPS else self.psp(run)
@@ -785,8 +883,7 @@ class Daemon:
         for rec in self.records.load_all():
             if rec.pending is None:
                 continue
-            status = self.psp(self.guest.guest_status, rec.handle) if rec.handle else None
-            seen = FirmwareStatus(status.state, status.asid) if status is not None else NOT_ASKED
+            seen = self._seen(rec)
             resolution = resolve(rec.pending, seen, rec)
             self.log.info("domain %d: recovering step %s (%s)", rec.domid, rec.pending, resolution.value)
             p = _Pass(rec.domid, rec)
