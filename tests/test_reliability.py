@@ -3,12 +3,20 @@ mid-launch, teardown failures, a second daemon, secrets left behind (issue "Reli
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 from daemon_harness import Harness, wait_for
 
+from sevd.abi.policy import Policy
 from sevd.daemon.records import RecordStore
+from sevd.errors import InputError
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
+from sevd.xen import xlcfg
+from sevd.xen.hypervisor import HypervisorError
+from sevd_sim.xen import SimulatedXen
 
 IMAGE = bytes(range(256)) * (300 * 4096 // 256)  # 300 pages: several physically discontiguous ranges
 
@@ -83,3 +91,87 @@ def test_a_journal_write_failing_after_a_psp_command_never_reissues_it_blind(hos
     # No PSP context the journal does not know (the handle of a LAUNCH_START it could not record).
     assert Platform(host.host.client()).status().guests == len(journal_handles(host)), host.logs()[-4000:]
     assert "ASID_OWNED" not in host.logs()
+
+
+# Run first in the daemon's process: counts LAUNCH_UPDATE_VMSA and LAUNCH_UPDATE_DATA commands in a file, and
+# holds the launch after the first command named by SEVD_TEST_HOLD until the test removes the flag file.
+HOLD_AND_COUNT = """
+import os, time
+import sevd.daemon.service as service
+from sevd.guest import GuestCommands
+_flag, _hold, _count = os.environ["SEVD_TEST_FLAG"], os.environ["SEVD_TEST_HOLD"], os.environ["SEVD_TEST_COUNT"]
+_fault, _held = service.fault_point, []
+def fault_point(when, step):
+    if f"{when}:{step}" == _hold and not _held:
+        _held.append(1)
+        open(_flag, "w").close()
+        while os.path.exists(_flag):
+            time.sleep(0.01)
+    _fault(when, step)
+service.fault_point = fault_point
+def counted(fn):
+    def wrapper(*args, **kwargs):
+        with open(_count, "a") as f:
+            f.write("x")
+        return fn(*args, **kwargs)
+    return wrapper
+GuestCommands.launch_update_vmsa = counted(GuestCommands.launch_update_vmsa)
+GuestCommands.launch_update_data = counted(GuestCommands.launch_update_data)
+"""
+
+
+def _held_daemon(h: Harness, hold: str):
+    flag, count = h.root / "held", h.root / "count"
+    env = {"SEVD_TEST_FLAG": str(flag), "SEVD_TEST_HOLD": hold, "SEVD_TEST_COUNT": str(count)}
+    h.start_daemon(env, prelude=HOLD_AND_COUNT)
+    return flag, lambda: len(count.read_text()) if count.exists() else 0
+
+
+def test_a_launch_stops_at_the_first_sign_its_domain_is_dying(tmp_path):
+    """The domain is destroyed while its SEV-ES launch runs VMSAs: no further PSP command touches its pages."""
+    h = Harness(tmp_path / "host")
+    try:
+        flag, commands = _held_daemon(h, "after:LAUNCH_UPDATE_VMSA")
+        domid = h.toolstack.create("dying", 8, IMAGE, vcpus=16)
+        h.request(domid, Policy.parse("ES"))
+        wait_for(flag.exists, 30, "the first VMSA")
+        issued = commands()
+        h.toolstack.destroy(domid)
+        flag.unlink()
+        wait_for(lambda: h.xs.read(proto.guest_path(domid)) is None, 30, "the guest forgotten")
+        assert commands() == issued, f"{commands() - issued} commands on the pages of a dead domain"
+        assert Platform(h.host.client()).status().guests == 0
+        assert "running" not in h.logs() and "measured" not in h.logs()
+    finally:
+        h.close()
+
+
+def test_sigterm_stops_a_pass_between_two_steps(tmp_path):
+    h = Harness(tmp_path / "host")
+    try:
+        flag, commands = _held_daemon(h, "after:LAUNCH_UPDATE_DATA")
+        domid = h.toolstack.create("long", 64, bytes(4096) * 4096)  # 16 MiB: 64 ranges
+        h.request(domid)
+        wait_for(flag.exists, 30, "the first range")
+        h.daemon.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        flag.unlink()
+        rc = h.daemon.wait(timeout=10)
+        h.daemon = None
+        assert rc == 0
+        assert commands() <= 2, f"{commands()} ranges encrypted after SIGTERM"
+        h.start_daemon()  # the journal is whole: the next start goes on
+        assert h.wait_state(domid, "running", "error") == "running", h.logs()[-3000:]
+    finally:
+        h.close()
+
+
+def test_an_es_guest_is_bounded_by_the_vcpus_xen_allows(tmp_path):
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text('name = "big"\ntype = "hvm"\nmemory = 64\nbios = "ovmf"\nsev = 1\nsev_es = 1\nvcpus = 100000\n')
+    with pytest.raises(InputError) as exc:
+        xlcfg.load(str(cfg))
+    assert "\n" not in str(exc.value) and "at most 128" in str(exc.value), exc.value
+    xen = SimulatedXen(Harness(tmp_path / "host").host.root)  # and Xen itself refuses such a domain
+    with pytest.raises(HypervisorError, match="1 to 128"):
+        xen.create_domain("big", 8, IMAGE, vcpus=100000)

@@ -28,7 +28,7 @@ import pyxs
 from sevd.abi.commands import FirmwareGuestState
 from sevd.abi.policy import Policy
 from sevd.abi.status import DfflushRequired, FirmwareError
-from sevd.abi.units import PAGE_SIZE, Asid, DomId, Gpa, Handle, Spa
+from sevd.abi.units import MAX_VCPUS, PAGE_SIZE, Asid, DomId, Gpa, Handle, Spa
 from sevd.backends import open_hypervisor, open_psp
 from sevd.config import Config
 from sevd.daemon.notify import listening, notify, setup_logging, watchdog_interval
@@ -98,6 +98,10 @@ class LaunchFailed(SevdError):
         self.name, self.message = name, message
 
 
+class PagesNotOwned(SevdError):
+    """Right before a PSP command on guest memory, Xen no longer vouches that the pages are the domain's."""
+
+
 @dataclasses.dataclass
 class _Pass:
     """One reconcile pass over one guest: what it observed, updated as the actions are performed."""
@@ -161,6 +165,8 @@ class Daemon:
         self._layout: dict[tuple[int, str], list[Any]] = {}  # image ranges and VMSA pages, during a launch
         # Guests whose journal fell behind a command (a write failed after it): settled first by the next pass.
         self._unsettled: set[DomId] = set()
+        # Domains seen dead (@releaseDomain, or Xen refusing their pages): their launch stops at its next step.
+        self._gone: set[DomId] = set()
         # Guests to try again later (a journal write or a teardown failed): the last backoff, the pending timer.
         self._retries: dict[DomId, float] = {}
         self._timers: dict[DomId, threading.Timer] = {}
@@ -347,6 +353,7 @@ class Daemon:
         if path == proto.RELEASE_DOMAIN:
             for domid in self._known_domids():
                 if not self.hv.domain_exists(domid):
+                    self._gone.add(domid)  # a pass running on it stops before its next step
                     self.poke(domid)
             return
         parts = path[len(proto.GUESTS) + 1 :].split("/") if path.startswith(proto.GUESTS + "/") else []
@@ -424,6 +431,11 @@ class Daemon:
     def _decide_loop(self, p: _Pass) -> None:
         domid = p.domid
         while True:
+            if self.stopping.is_set():
+                self._stop_between_steps(p)
+                return
+            if domid in self._gone:
+                p.alive = False  # the first sign the domain is dying ends its launch
             summary = self._summaries.get(domid)
             published = Published(summary.state, summary.ack) if summary is not None else None
             actions = decide(p.record, p.request, p.command, p.alive, published=published, layout=p.layout)
@@ -431,6 +443,14 @@ class Daemon:
                 self._perform(p, action)
             if not actions or not isinstance(actions[-1], DECIDE_AGAIN):
                 return
+
+    def _stop_between_steps(self, p: _Pass) -> None:
+        """SIGTERM: the pass ends before its next step.  A launch step's record names the next step in flight;
+        that step was not issued, so the record says so and the next start issues it rather than settling it."""
+        rec = p.record
+        if rec is not None and rec.pending in PUBLISHED_STEPS:
+            self.records.save(dataclasses.replace(rec, pending=None))
+        self.log.info("domain %d: stopping between two steps", p.domid)
 
     def _seen(self, rec: GuestRecord) -> FirmwareStatus:
         """GUEST_STATUS of the record's handle, as the recovery table reads it."""
@@ -549,7 +569,11 @@ class Daemon:
                 self._issue(p, step)
             case NeedLayout():
                 assert p.record is not None
-                p.layout = self._layout_of(p.record)
+                try:
+                    p.layout = self._layout_of(p.record)
+                except (HypervisorError, LaunchFailed) as err:
+                    for then in fail(p.record, *_failure(err)):
+                        self._perform(p, then)
             case Start(record=rec, name=name):
                 assert p.parsed is not None
                 self.records.save(rec)  # before the ack: a request acked is one the journal knows
@@ -608,6 +632,7 @@ class Daemon:
                 self.xs.rm(proto.guest_path(domid))
                 self._requests.pop(domid, None)
                 self._summaries.pop(domid, None)
+                self._gone.discard(domid)
             case PublishPlatform():
                 self.publish_platform()
 
@@ -627,6 +652,9 @@ class Daemon:
                 if step != Step.ACTIVATE:
                     raise
                 self._flush_and_retry(p, step)
+        except PagesNotOwned as err:
+            self._pages_gone(p, err)
+            return
         except errors as err:
             assert p.record is not None
             for action in fail(p.record, *_failure(err)):
@@ -636,6 +664,18 @@ class Daemon:
             self.log.info("domain %d measured", p.domid, extra=self._fields(p.record))
         elif step == Step.LAUNCH_FINISH:
             self.log.info("domain %d running", p.domid, extra=self._fields(p.record))
+
+    def _pages_gone(self, p: _Pass, err: PagesNotOwned) -> None:
+        """The command was not issued: a dying domain ends the launch (the core tears it down and forgets it);
+        a live one whose pages moved fails it."""
+        assert p.record is not None
+        if p.domid in self._gone or not self.hv.domain_exists(p.domid):
+            self.log.warning("%s: the domain is dying, the launch stops", err, extra=self._fields(p.record))
+            self._gone.add(p.domid)
+            p.alive = False
+            return
+        for action in fail(p.record, "XEN_ERROR", str(err)):
+            self._perform(p, action)
 
     def _flush_and_retry(self, p: _Pass, step: Step) -> None:
         """ACTIVATE answered DFFLUSH_REQUIRED: the firmware holds the ASID dirty while Xen thought it free (the
@@ -666,6 +706,12 @@ class Daemon:
         self.hv.flush_guest_pages(rec.domid, ranges)
         self._layout[key] = ranges
 
+    def _owned(self, rec: GuestRecord, ranges: list[tuple[Spa, int]]) -> None:
+        """The check right before a PSP command on guest memory (in its turn on the PSP queue): the addresses
+        were learnt earlier, and the frames of a domain that died may already be another's."""
+        if rec.domid in self._gone or not self.hv.pages_owned(rec.domid, rec.asid, ranges):
+            raise PagesNotOwned(f"domain {rec.domid}: Xen no longer vouches for its pages; nothing issued")
+
     def _command(self, rec: GuestRecord, step: Step) -> Callable[[], StepResult]:
         """What issuing `step` calls, with its arguments from the record (asked before the step is journaled)."""
         g = self.guest
@@ -685,6 +731,7 @@ class Daemon:
             spa, length = ranges[0]
 
             def update_data() -> None:
+                self._owned(rec, [(spa, length)])
                 self._flush_once(rec, "image", ranges)
                 g.launch_update_data(rec.handle, spa, length)
 
@@ -693,6 +740,7 @@ class Daemon:
             pages = self._vmsa_pages(rec)[rec.vmsas_done :]
 
             def update_vmsa() -> None:
+                self._owned(rec, [(pages[0], PAGE_SIZE)])
                 self._flush_once(rec, "vmsa", [(page, PAGE_SIZE) for page in pages])
                 g.launch_update_vmsa(rec.handle, pages[0])
 
@@ -787,7 +835,10 @@ class Daemon:
     def _vmsa_pages(self, rec: GuestRecord) -> list[Spa]:
         key = (rec.domid, "vmsa")
         if key not in self._layout:
-            self._layout[key] = self.hv.vmsa_pages(rec.domid)
+            pages = self.hv.vmsa_pages(rec.domid)
+            if len(pages) > MAX_VCPUS:
+                raise LaunchFailed("XEN_ERROR", f"{len(pages)} VMSA pages: a guest has at most {MAX_VCPUS} vCPUs")
+            self._layout[key] = pages
         return self._layout[key]
 
     def _owner_session(self, domid: DomId) -> tuple[bytes | None, bytes | None]:
@@ -855,6 +906,7 @@ class Daemon:
             spa = ranges[0][0]
 
             def inject() -> None:
+                self._owned(rec, ranges)
                 # The PSP writes the secret in place: no stale line of the page may be written back over it.
                 self.hv.flush_guest_pages(rec.domid, ranges)
                 self.guest.launch_update_secret(rec.handle, packet.header, spa, packet.data)
@@ -863,7 +915,7 @@ class Daemon:
             self.log.info("domain %d: secret injected (%d bytes)", rec.domid, len(packet.data), extra=self._fields(rec))
         except InputError as exc:
             error = self._invalid(exc)
-        except (FirmwareError, HypervisorError) as err:
+        except (FirmwareError, HypervisorError, PagesNotOwned) as err:
             name = err.name if isinstance(err, FirmwareError) else "XEN_ERROR"
             p.record = dataclasses.replace(p.record, pending=None)
             self.records.save(p.record)

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sevd.abi.units import MAX_VCPUS, Asid, DomId, Gpa, Spa
 from sevd.abi.units import PAGE_SIZE as PAGE
-from sevd.abi.units import Asid, DomId, Gpa, Spa
 from sevd.abi.vmsa import reset_vmsas
 from sevd.durable import exclusive, read_json, write_json
 from sevd.xen.hypervisor import HypervisorError, SevCapabilities, SevDomain
@@ -129,6 +129,8 @@ class SimulatedXen:
     def create_domain(self, name: str, memory_mb: int, image: bytes, vcpus: int = 1) -> DomId:
         """`xl create -p`: a paused domain with `image` loaded at the top of its first 4 GiB, like OVMF."""
         pages = memory_mb * 1024 * 1024 // PAGE
+        if not 1 <= vcpus <= MAX_VCPUS:
+            raise HypervisorError(f"{vcpus} vCPUs: Xen creates a guest with 1 to {MAX_VCPUS} (HVM_MAX_VCPUS)")
         with self._locked():
             state = self._load()
             if any(d["name"] == name for d in state["domains"].values()):
@@ -272,6 +274,18 @@ class SimulatedXen:
         for frame in range(spa // PAGE, (spa + length - 1) // PAGE + 1):
             if frame not in frames:
                 raise HypervisorError(f"CHECK_SPA: {frame * PAGE:#x} is not RAM of the SEV domain with ASID {asid}")
+
+    def pages_owned(self, domid: DomId, asid: Asid, spa_ranges: list[tuple[Spa, int]]) -> bool:
+        """CHECK_SPA over each range, for the domain `domid` (which must still live and hold `asid`)."""
+        dom = self._load()["domains"].get(str(domid))
+        if dom is None or not dom.get("sev") or dom.get("asid") != asid:
+            return False
+        try:
+            for spa, length in spa_ranges:
+                self.check_spa(asid, spa, length)
+        except HypervisorError:
+            return False
+        return True
 
     def vmsa_pages(self, domid: DomId) -> list[Spa]:
         return [Spa(mfn * PAGE) for mfn in self._domain(self._load(), domid).get("vmsa_frames", [])]
