@@ -4,10 +4,11 @@ mid-launch, teardown failures, a second daemon, secrets left behind (issue "Reli
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import pytest
-from daemon_harness import Harness, wait_for
+from daemon_harness import BIN, Harness, wait_for
 
 from sevd.abi.policy import Policy
 from sevd.daemon.records import RecordStore
@@ -175,3 +176,39 @@ def test_an_es_guest_is_bounded_by_the_vcpus_xen_allows(tmp_path):
     xen = SimulatedXen(Harness(tmp_path / "host").host.root)  # and Xen itself refuses such a domain
     with pytest.raises(HypervisorError, match="1 to 128"):
         xen.create_domain("big", 8, IMAGE, vcpus=100000)
+
+
+# Run first in the daemon's process: DECOMMISSION answers HWERROR_PLATFORM while the flag file exists.
+FAILING_DECOMMISSION = """
+import os
+from sevd.abi.status import HwerrorPlatform
+from sevd.guest import GuestCommands
+_flag, _decommission = os.environ["SEVD_TEST_FLAG"], GuestCommands.decommission
+def decommission(self, handle):
+    if os.path.exists(_flag):
+        raise HwerrorPlatform("DECOMMISSION")
+    return _decommission(self, handle)
+GuestCommands.decommission = decommission
+"""
+
+
+def test_a_failed_teardown_is_published_retried_and_printed_by_destroy(host):
+    flag = host.root / "hwerror"
+    host.start_daemon({"SEVD_TEST_FLAG": str(flag)}, prelude=FAILING_DECOMMISSION)
+    domid = host.toolstack.create("doomed", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "running") == "running"
+    flag.touch()
+    proc = subprocess.run(
+        [str(BIN / "xl-sev"), "--config", str(host.root / "sevd.toml"), "destroy", str(domid), "--timeout", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "HWERROR_PLATFORM" in proc.stderr and "teardown failed" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert Platform(host.host.client()).status().guests == 1  # held while the firmware refuses
+    flag.unlink()  # the firmware recovers: the retry releases the context without another event
+    wait_for(lambda: host.xs.read(proto.guest_path(domid)) is None, 30, "the retried teardown")
+    assert Platform(host.host.client()).status().guests == 0

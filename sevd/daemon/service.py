@@ -98,6 +98,15 @@ class LaunchFailed(SevdError):
         self.name, self.message = name, message
 
 
+class TeardownFailed(SevdError):
+    """DEACTIVATE, DECOMMISSION or the GUEST_STATUS before them failed where the teardown must happen (the
+    domain died, or was destroyed): published, and tried again with backoff."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name}: {message}")
+        self.name, self.message = name, message
+
+
 class PagesNotOwned(SevdError):
     """Right before a PSP command on guest memory, Xen no longer vouches that the pages are the domain's."""
 
@@ -423,6 +432,9 @@ class Daemon:
         except JournalError as exc:
             self._journal_failed(p, exc)
             return
+        except TeardownFailed as exc:
+            self._teardown_failed(p, exc)
+            return
         finally:
             for kind in ("image", "vmsa", "flushed-image", "flushed-vmsa"):
                 self._layout.pop((domid, kind), None)
@@ -490,6 +502,17 @@ class Daemon:
             self._publish(domid, self._amend(domid, p.record, error=proto.error_text(exc.name, message)))
         except (XenstoreError, pyxs.PyXSError, OSError) as err:
             self.log.warning("domain %d: cannot publish the journal error: %s", domid, err)
+
+    def _teardown_failed(self, p: _Pass, exc: TeardownFailed) -> None:
+        """Publish why the guest's PSP context could not be released, and try again with backoff; the guest's
+        nodes stay until it is released (`xl-sev destroy` prints the error)."""
+        delay = self._retry_later(p.domid)
+        message = f"teardown failed: {exc.message}; sevd tries again in {delay:.1f} s"
+        self.log.error("domain %d: %s: %s", p.domid, exc.name, message, extra=self._fields(p.record, exc.name))
+        try:
+            self._publish(p.domid, self._amend(p.domid, p.record, error=proto.error_text(exc.name, message)))
+        except (XenstoreError, pyxs.PyXSError, OSError) as err:
+            self.log.warning("domain %d: cannot publish the teardown error: %s", p.domid, err)
 
     def _release_unjournaled(self, domid: DomId, handle: Handle) -> None:
         try:
@@ -593,7 +616,8 @@ class Daemon:
                     raise
                 except (FirmwareError, SevdError) as exc:
                     if not best_effort:
-                        raise
+                        name, message = _failure(exc) if isinstance(exc, _LAUNCH_ERRORS) else ("XEN_ERROR", str(exc))
+                        raise TeardownFailed(name, message) from exc
                     self.log.error("domain %d: teardown failed: %s", domid, exc, extra=self._fields(p.record))
             case MarkFailed(name=name, message=message):
                 assert p.record is not None
