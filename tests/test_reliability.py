@@ -3,6 +3,7 @@ mid-launch, teardown failures, a second daemon, secrets left behind (issue "Reli
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -12,11 +13,13 @@ from daemon_harness import BIN, Harness, wait_for
 
 from sevd.abi.policy import Policy
 from sevd.daemon.records import RecordStore
+from sevd.durable import hold_lock
 from sevd.errors import InputError
 from sevd.platform import Platform
 from sevd.xen import protocol as proto
 from sevd.xen import xlcfg
 from sevd.xen.hypervisor import HypervisorError
+from sevd_sim.demo import Demo
 from sevd_sim.xen import SimulatedXen
 
 IMAGE = bytes(range(256)) * (300 * 4096 // 256)  # 300 pages: several physically discontiguous ranges
@@ -212,3 +215,37 @@ def test_a_failed_teardown_is_published_retried_and_printed_by_destroy(host):
     flag.unlink()  # the firmware recovers: the retry releases the context without another event
     wait_for(lambda: host.xs.read(proto.guest_path(domid)) is None, 30, "the retried teardown")
     assert Platform(host.host.client()).status().guests == 0
+
+
+def test_a_second_sevd_exits_with_one_line_and_its_own_status(host):
+    first = host.start_daemon()
+    second = subprocess.run(
+        [str(BIN / "sevd"), "run", "--config", str(host.root / "sevd.toml")], capture_output=True, text=True, timeout=30
+    )
+    assert second.returncode == 3, second
+    assert second.stderr.strip().splitlines() == [
+        f"error: another sevd (pid {first.pid}) is running with state directory {host.root / 'sevd-state'}"
+    ], second.stderr
+    assert host.xs.read(proto.DAEMON_PID) == str(first.pid)  # not taken over
+
+
+def test_a_second_demo_on_one_simulated_host_refuses(tmp_path, capsys):
+    root = tmp_path / "demo"
+    root.mkdir()
+    fd = hold_lock(root / "demo.lock")  # the first demo
+    try:
+        assert Demo(root).run() == 3
+    finally:
+        os.close(fd)
+    assert capsys.readouterr().err.strip().splitlines() == [f"another sevd-sim demo (pid {os.getpid()}) runs on {root}"]
+    assert not (root / "sevd.toml").exists()  # the host was left alone
+
+
+def test_the_state_directory_is_private_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        RecordStore(tmp_path / "state")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "guests").stat().st_mode & 0o777 == 0o700

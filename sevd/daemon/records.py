@@ -24,6 +24,7 @@ import threading
 import zlib
 from pathlib import Path
 
+from sevd.durable import private_dir
 from sevd.errors import SevdError
 from sevd.launch import GuestRecord  # the record is the launch core's value; this module makes it durable
 
@@ -67,8 +68,8 @@ def _read_slots(data: bytes) -> tuple[int, dict] | None:
 
 class RecordStore:
     def __init__(self, state_dir: Path):
-        self.dir = Path(state_dir) / "guests"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dir(Path(state_dir)) / "guests"
+        self.dir.mkdir(exist_ok=True, mode=0o700)
         self._seq: dict[int, int] = {}
         self._lock = threading.Lock()
 

@@ -34,6 +34,7 @@ from sevd.config import Config
 from sevd.daemon.notify import listening, notify, setup_logging, watchdog_interval
 from sevd.daemon.pspqueue import PspQueue
 from sevd.daemon.records import GuestRecord, JournalError, RecordStore
+from sevd.durable import LockHeld, hold_lock, private_dir
 from sevd.errors import DeviceError, InputError, SevdError
 from sevd.guest import GuestCommands
 from sevd.launch import (
@@ -1020,7 +1021,28 @@ class Daemon:
             notify(STATUS=self._status_line())
 
 
+class AlreadyRunning(SevdError):
+    """Another sevd holds the state directory's lock: two daemons would destroy each other's launches."""
+
+
+EXIT_ALREADY_RUNNING = 3
+
+
+def instance_lock(state_dir: Path) -> int:
+    """One sevd per state directory (so per host): the lock file `state_dir/sevd.lock`, held until exit."""
+    private_dir(state_dir)
+    try:
+        return hold_lock(state_dir / "sevd.lock")
+    except LockHeld as held:
+        who = f" (pid {held.pid})" if held.pid else ""
+        raise AlreadyRunning(f"another sevd{who} is running with state directory {state_dir}") from None
+
+
 def run(config_path: str | None) -> int:
     config = Config.load(config_path)
     logging.getLogger("sevd").debug("config %s", config.source)
-    return Daemon(config).run()
+    lock = instance_lock(Path(config.state_dir))
+    try:
+        return Daemon(config).run()
+    finally:
+        os.close(lock)

@@ -21,7 +21,6 @@ from sevd.toolstack.liveness import daemon_problem, require_daemon
 from sevd.toolstack.waiting import LaunchError, Waiter
 from sevd.xen import protocol as proto
 
-
 TEARDOWN_FAILED = "teardown failed"  # in the summary's error while sevd retries releasing a guest's context
 
 
