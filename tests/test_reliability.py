@@ -16,6 +16,7 @@ from sevd.daemon.records import RecordStore
 from sevd.durable import hold_lock
 from sevd.errors import InputError
 from sevd.platform import Platform
+from sevd.toolstack.guestnodes import send_secret
 from sevd.xen import protocol as proto
 from sevd.xen import xlcfg
 from sevd.xen.hypervisor import HypervisorError
@@ -249,3 +250,32 @@ def test_the_state_directory_is_private_whatever_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "state" / "guests").stat().st_mode & 0o777 == 0o700
+
+
+def _packet(h: Harness, domid: int) -> proto.SecretPacket:
+    gpa, _ = h.toolstack.image_location(domid)
+    return proto.SecretPacket(bytes(0x34), bytes(32), gpa)
+
+
+def test_a_refused_inject_secret_leaves_no_packet(host):
+    host.start_daemon()
+    domid = host.toolstack.create("fin", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "running") == "running"
+    send_secret(host.xs, domid, _packet(host, domid))  # after LAUNCH_FINISH: refused
+    wait_for(lambda: host.xs.read(proto.guest_path(domid, "command")) is None, 30, "the answer")
+    assert "needs state measured" in host.field(domid, "error")
+    assert host.xs.read(proto.guest_path(domid, "secret")) is None
+
+
+def test_a_packet_whose_command_was_overwritten_is_removed(host):
+    host.start_daemon()
+    domid = host.toolstack.create("over", 4, IMAGE)
+    host.request(domid, attest=True)
+    assert host.wait_state(domid, "measured") == "measured"
+    # inject-secret and its packet, then `finish` over the command before sevd read it: one write here.
+    values = {f"secret/{k}": v for k, v in _packet(host, domid).to_nodes().items()}
+    host.xs.write_many(proto.guest_path(domid), {**values, "command": "finish"})
+    assert host.wait_state(domid, "running") == "running"
+    wait_for(lambda: host.xs.read(proto.guest_path(domid, "command")) is None, 30, "the answer")
+    assert host.xs.read(proto.guest_path(domid, "secret")) is None

@@ -263,7 +263,10 @@ class Daemon:
 
     def _answer(self, domid: DomId, command_text: str, summary: proto.GuestSummary | None = None) -> None:
         """Remove the command node if it still holds the command acted on (a newer one must survive) and
-        publish the outcome, in one transaction: a reader sees the command gone and its result together."""
+        publish the outcome, in one transaction: a reader sees the command gone and its result together.
+
+        A secret packet goes with the command, whatever it was: one refused, or one whose inject-secret a
+        later command overwrote before sevd read it (a packet is only ever written with its command)."""
         xs = self.xs
         assert xs is not None
         path = proto.guest_path(domid, "command")
@@ -272,6 +275,7 @@ class Daemon:
         def body() -> None:
             if xs.read(path) == command_text:
                 xs.rm(path)
+                xs.rm(proto.guest_path(domid, "secret"))
             if write:
                 assert summary is not None
                 xs.write(proto.guest_path(domid, "summary"), summary.format())
@@ -924,7 +928,8 @@ class Daemon:
         base = proto.guest_path(rec.domid)
         error = None
         try:
-            packet = proto.SecretPacket.parse(self.xs.read_dir(f"{base}/secret"))
+            xs = self.xs
+            packet = proto.SecretPacket.parse(xs.transact(lambda: xs.read_dir(f"{base}/secret")))
             ranges = self.hv.guest_ranges(rec.domid, packet.gpa, len(packet.data))
             if len(ranges) != 1:
                 raise InputError("secret/gpa: the secret must not cross a physically discontiguous page boundary")
