@@ -279,3 +279,20 @@ def test_a_packet_whose_command_was_overwritten_is_removed(host):
     assert host.wait_state(domid, "running") == "running"
     wait_for(lambda: host.xs.read(proto.guest_path(domid, "command")) is None, 30, "the answer")
     assert host.xs.read(proto.guest_path(domid, "secret")) is None
+
+
+@pytest.mark.parametrize("dom", ["0", "Domain-0"])
+def test_destroy_refuses_dom0(host, dom):
+    host.start_daemon()
+    host.xs.write_many("/local/domain/0", {"name": "Domain-0", "domid": "0"})  # as xen-init-dom0 writes them
+    proc = subprocess.run(
+        [str(BIN / "xl-sev"), "--config", str(host.root / "sevd.toml"), "destroy", dom],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "destroyed" not in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        f"error: domain {dom!r} is Dom0: xl-sev destroys guests, never the control domain"
+    ]

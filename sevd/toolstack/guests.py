@@ -90,6 +90,8 @@ def destroy(config: Config, dom: str, timeout: float) -> Destroyed:
     """Destroy the domain (xl destroy); for an SEV guest wait until sevd has decommissioned its PSP context."""
     with xenstore(config) as xs:
         domid, name = resolve_domain(xs, dom)
+        if domid == 0:
+            raise InputError(f"domain {dom!r} is Dom0: xl-sev destroys guests, never the control domain")
         sev = is_sev_guest(xs, domid)
         open_toolstack(config, xs).destroy(domid)
         if sev:
