@@ -296,3 +296,21 @@ def test_destroy_refuses_dom0(host, dom):
     assert proc.stderr.strip().splitlines() == [
         f"error: domain {dom!r} is Dom0: xl-sev destroys guests, never the control domain"
     ]
+
+
+def test_the_simulated_xen_frees_a_destroyed_domains_memory(tmp_path):
+    """A host with room for two 64 MiB guests builds forty, one after another, as Xen reuses freed pages."""
+    from sevd_sim.host import SimulatedHost
+
+    host = SimulatedHost.create(tmp_path / "host", memory_size=160 << 20)
+    xen = SimulatedXen(host.root)
+    seen: set[int] = set()
+    for i in range(40):
+        domid = xen.create_domain(f"g{i}", 64, IMAGE)
+        ranges = xen.boot_image_ranges(domid)
+        assert len(ranges) > 1  # still physically discontiguous
+        assert xen.cpu_read(ranges[0][0], 16) == IMAGE[:16]
+        seen.update(spa // 4096 for spa, _ in ranges)
+        xen.destroy(domid)
+        assert xen.cpu_read(ranges[0][0], 16) == bytes(16)  # scrubbed
+    assert len(seen) < 40 * len(ranges)  # frames were reused
