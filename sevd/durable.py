@@ -48,3 +48,34 @@ def exclusive(lock_path: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; `pid` is the one it wrote, when it can be read."""
+
+    def __init__(self, path: Path, pid: int | None):
+        super().__init__(f"{path} is held by {f'pid {pid}' if pid else 'another process'}")
+        self.path, self.pid = path, pid
+
+
+def hold_lock(lock_path: Path) -> int:
+    """Take `lock_path` for this process's lifetime (the fd is returned and stays open; the kernel drops the
+    lock when the process ends, however it ends) and write our pid in it.  LockHeld when another holds it."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise LockHeld(lock_path, int(text) if text.isdigit() else None) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and its parents) if needed and make it 0700 whatever the umask: it holds the daemon's
+    journal and lock, nobody else's to read."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path

@@ -291,6 +291,19 @@ def test_a_decommission_found_done_drops_the_handle():
     assert save.record.handle == 0 and save.record.pending is None
 
 
+@pytest.mark.parametrize("alive", [True, False])
+def test_a_journal_behind_a_command_is_settled_before_anything_else(alive):
+    """A journal write failed after LAUNCH_UPDATE_DATA: the record on disk names it in flight.  Whatever else
+    the pass sees (a command, a dead domain), it is settled first, never issued again."""
+    before = record(
+        state=GuestState.LAUNCHING, step=Step.LAUNCH_UPDATE_DATA, pending=Step.LAUNCH_UPDATE_DATA, handle=1, asid=ASID
+    )
+    actions = decide(before, None, Command.FINISH, alive, FirmwareStatus(FW.LUPDATE, ASID))
+    assert Issue(Step.LAUNCH_UPDATE_DATA) not in actions
+    assert actions[0] == Save(dataclasses.replace(before, pending=None))
+    assert any(isinstance(a, MarkFailed) and a.name == "INTERRUPTED" for a in actions)
+
+
 # -- replay after a crash: the same actions as the live path ---------------------------------------------------
 
 

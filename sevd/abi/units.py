@@ -18,4 +18,7 @@ Spa = NewType("Spa", int)  # system-physical (machine) address: what the PSP is 
 NO_HANDLE = Handle(0)  # LAUNCH_START with handle 0 asks for a new guest context
 HANDLE_MAX = 0xFFFFFFFF  # a handle is a 32-bit field of the command buffers
 MAX_HANDLES = 1024  # guest contexts the firmware holds at once; one more LAUNCH_START is RESOURCE_LIMIT
+# vCPUs of one PVH or HVM domain (Xen's HVM_MAX_VCPUS); the SEV API sets no lower bound of its own: an SEV-ES
+# guest has one VMSA page (one LAUNCH_UPDATE_VMSA) per vCPU.
+MAX_VCPUS = 128
 PHYS_ADDR_LIMIT = 1 << 52  # x86-64 physical addresses (guest- and system-) are below this

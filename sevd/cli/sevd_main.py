@@ -23,6 +23,7 @@ def cli() -> None:
 )
 def run(config_path: str | None) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
+    from sevd.daemon.service import EXIT_ALREADY_RUNNING, AlreadyRunning
     from sevd.daemon.service import run as run_daemon
     from sevd.errors import InputError
 
@@ -31,6 +32,9 @@ def run(config_path: str | None) -> None:
     except InputError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
+    except AlreadyRunning as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_ALREADY_RUNNING) from None
 
 
 def main() -> None:

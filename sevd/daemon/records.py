@@ -16,6 +16,7 @@ here (the launch session blob is wrapped for the firmware; TEK/TIK never reach t
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import struct
@@ -23,9 +24,11 @@ import threading
 import zlib
 from pathlib import Path
 
+from sevd.durable import private_dir
+from sevd.errors import SevdError
 from sevd.launch import GuestRecord  # the record is the launch core's value; this module makes it durable
 
-__all__ = ["SLOT", "GuestRecord", "JournalCorrupt", "RecordStore"]
+__all__ = ["SLOT", "GuestRecord", "JournalCorrupt", "JournalError", "RecordStore"]
 
 SLOT = 4096
 _HEADER = struct.Struct("<8sQII")  # magic, sequence, length, crc32 of the JSON
@@ -34,6 +37,18 @@ _MAGIC = b"sevdjrn1"
 
 class JournalCorrupt(Exception):
     pass
+
+
+class JournalError(SevdError):
+    """The journal could not be written (a full or read-only filesystem, an I/O error): what the daemon did
+    since the last record written is known to no journal.  Not an OSError, so nobody takes it for xenstore's."""
+
+    def __init__(self, path: Path, exc: OSError):
+        self.errno = exc.errno or 0
+        self.name = f"JOURNAL_{errno.errorcode.get(self.errno, self.errno)}"
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}")
+        # Set by the daemon when the write that failed was the record after a command: (step, its result).
+        self.issued: tuple[object, object] | None = None
 
 
 def _read_slots(data: bytes) -> tuple[int, dict] | None:
@@ -53,8 +68,8 @@ def _read_slots(data: bytes) -> tuple[int, dict] | None:
 
 class RecordStore:
     def __init__(self, state_dir: Path):
-        self.dir = Path(state_dir) / "guests"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dir(Path(state_dir)) / "guests"
+        self.dir.mkdir(exist_ok=True, mode=0o700)
         self._seq: dict[int, int] = {}
         self._lock = threading.Lock()
 
@@ -62,6 +77,15 @@ class RecordStore:
         return self.dir / f"{domid}.journal"
 
     def save(self, record: GuestRecord) -> None:
+        """Make `record` durable; JournalError when the filesystem refuses."""
+        try:
+            self._save(record)
+        except OSError as exc:
+            with self._lock:  # the sequence is read from disk again: a failed write must not skip a slot
+                self._seq.pop(record.domid, None)
+            raise JournalError(self._path(record.domid), exc) from None
+
+    def _save(self, record: GuestRecord) -> None:
         body = json.dumps(dataclasses.asdict(record), sort_keys=True).encode()
         if len(body) > SLOT - _HEADER.size:
             raise ValueError(f"journal record for domain {record.domid} is {len(body)} bytes, over one slot")
@@ -105,6 +129,9 @@ class RecordStore:
         return records
 
     def delete(self, domid: int) -> None:
-        self._path(domid).unlink(missing_ok=True)
+        try:
+            self._path(domid).unlink(missing_ok=True)
+        except OSError as exc:
+            raise JournalError(self._path(domid), exc) from None
         with self._lock:
             self._seq.pop(domid, None)

@@ -28,12 +28,13 @@ import pyxs
 from sevd.abi.commands import FirmwareGuestState
 from sevd.abi.policy import Policy
 from sevd.abi.status import DfflushRequired, FirmwareError
-from sevd.abi.units import PAGE_SIZE, Asid, DomId, Gpa, Spa
+from sevd.abi.units import MAX_VCPUS, PAGE_SIZE, Asid, DomId, Gpa, Handle, Spa
 from sevd.backends import open_hypervisor, open_psp
 from sevd.config import Config
 from sevd.daemon.notify import listening, notify, setup_logging, watchdog_interval
 from sevd.daemon.pspqueue import PspQueue
-from sevd.daemon.records import GuestRecord, RecordStore
+from sevd.daemon.records import GuestRecord, JournalError, RecordStore
+from sevd.durable import LockHeld, hold_lock, private_dir
 from sevd.errors import DeviceError, InputError, SevdError
 from sevd.guest import GuestCommands
 from sevd.launch import (
@@ -98,6 +99,19 @@ class LaunchFailed(SevdError):
         self.name, self.message = name, message
 
 
+class TeardownFailed(SevdError):
+    """DEACTIVATE, DECOMMISSION or the GUEST_STATUS before them failed where the teardown must happen (the
+    domain died, or was destroyed): published, and tried again with backoff."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(f"{name}: {message}")
+        self.name, self.message = name, message
+
+
+class PagesNotOwned(SevdError):
+    """Right before a PSP command on guest memory, Xen no longer vouches that the pages are the domain's."""
+
+
 @dataclasses.dataclass
 class _Pass:
     """One reconcile pass over one guest: what it observed, updated as the actions are performed."""
@@ -159,6 +173,13 @@ class Daemon:
         self._summaries: dict[DomId, proto.GuestSummary] = {}
         self._summaries_lock = threading.Lock()
         self._layout: dict[tuple[int, str], list[Any]] = {}  # image ranges and VMSA pages, during a launch
+        # Guests whose journal fell behind a command (a write failed after it): settled first by the next pass.
+        self._unsettled: set[DomId] = set()
+        # Domains seen dead (@releaseDomain, or Xen refusing their pages): their launch stops at its next step.
+        self._gone: set[DomId] = set()
+        # Guests to try again later (a journal write or a teardown failed): the last backoff, the pending timer.
+        self._retries: dict[DomId, float] = {}
+        self._timers: dict[DomId, threading.Timer] = {}
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -242,7 +263,10 @@ class Daemon:
 
     def _answer(self, domid: DomId, command_text: str, summary: proto.GuestSummary | None = None) -> None:
         """Remove the command node if it still holds the command acted on (a newer one must survive) and
-        publish the outcome, in one transaction: a reader sees the command gone and its result together."""
+        publish the outcome, in one transaction: a reader sees the command gone and its result together.
+
+        A secret packet goes with the command, whatever it was: one refused, or one whose inject-secret a
+        later command overwrote before sevd read it (a packet is only ever written with its command)."""
         xs = self.xs
         assert xs is not None
         path = proto.guest_path(domid, "command")
@@ -251,6 +275,7 @@ class Daemon:
         def body() -> None:
             if xs.read(path) == command_text:
                 xs.rm(path)
+                xs.rm(proto.guest_path(domid, "secret"))
             if write:
                 assert summary is not None
                 xs.write(proto.guest_path(domid, "summary"), summary.format())
@@ -342,6 +367,7 @@ class Daemon:
         if path == proto.RELEASE_DOMAIN:
             for domid in self._known_domids():
                 if not self.hv.domain_exists(domid):
+                    self._gone.add(domid)  # a pass running on it stops before its next step
                     self.poke(domid)
             return
         parts = path[len(proto.GUESTS) + 1 :].split("/") if path.startswith(proto.GUESTS + "/") else []
@@ -359,6 +385,10 @@ class Daemon:
     def _shutdown(self) -> None:
         self.log.info("stopping")
         notify(STOPPING="1")
+        with self._poke_lock:
+            timers, self._timers = list(self._timers.values()), {}
+        for timer in timers:
+            timer.cancel()
         self.pool.shutdown(wait=True)
         if self.xs is not None:
             self.xs.close()
@@ -391,23 +421,131 @@ class Daemon:
                 return
 
     def reconcile(self, domid: DomId) -> None:
-        """One pass: observe the guest, then perform what the launch core decides until it needs nothing more."""
+        """One pass: observe the guest, then perform what the launch core decides until it needs nothing more.
+
+        A journal write that fails is published in the summary and the pass ends; when the record that
+        failed was the one after a command, the journal still names that step in flight, and the next pass
+        settles it from GUEST_STATUS first, as start-up recovery does (never issuing it again blind)."""
         assert self.xs is not None
         p = _Pass(domid, self.records.load(domid), alive=self.hv.domain_exists(domid))
-        if p.alive:
-            self._observe(p)
         try:
-            while True:
-                summary = self._summaries.get(domid)
-                published = Published(summary.state, summary.ack) if summary is not None else None
-                actions = decide(p.record, p.request, p.command, p.alive, published=published, layout=p.layout)
-                for action in actions:
-                    self._perform(p, action)
-                if not actions or not isinstance(actions[-1], DECIDE_AGAIN):
-                    return
+            if domid in self._unsettled:
+                self._settle(p)
+            if p.alive:
+                self._observe(p)
+            self._decide_loop(p)
+        except JournalError as exc:
+            self._journal_failed(p, exc)
+            return
+        except TeardownFailed as exc:
+            self._teardown_failed(p, exc)
+            return
         finally:
             for kind in ("image", "vmsa", "flushed-image", "flushed-vmsa"):
                 self._layout.pop((domid, kind), None)
+        self._retries.pop(domid, None)
+
+    def _decide_loop(self, p: _Pass) -> None:
+        domid = p.domid
+        while True:
+            if self.stopping.is_set():
+                self._stop_between_steps(p)
+                return
+            if domid in self._gone:
+                p.alive = False  # the first sign the domain is dying ends its launch
+            summary = self._summaries.get(domid)
+            published = Published(summary.state, summary.ack) if summary is not None else None
+            actions = decide(p.record, p.request, p.command, p.alive, published=published, layout=p.layout)
+            for action in actions:
+                self._perform(p, action)
+            if not actions or not isinstance(actions[-1], DECIDE_AGAIN):
+                return
+
+    def _stop_between_steps(self, p: _Pass) -> None:
+        """SIGTERM: the pass ends before its next step.  A launch step's record names the next step in flight;
+        that step was not issued, so the record says so and the next start issues it rather than settling it."""
+        rec = p.record
+        if rec is not None and rec.pending in PUBLISHED_STEPS:
+            self.records.save(dataclasses.replace(rec, pending=None))
+        self.log.info("domain %d: stopping between two steps", p.domid)
+
+    def _seen(self, rec: GuestRecord) -> FirmwareStatus:
+        """GUEST_STATUS of the record's handle, as the recovery table reads it."""
+        if not rec.handle:
+            return NOT_ASKED
+        status = self.psp(self.guest.guest_status, rec.handle)
+        return FirmwareStatus(status.state, status.asid)
+
+    def _settle(self, p: _Pass) -> None:
+        """The journal fell behind a command: settle the step it names in flight with GUEST_STATUS, through
+        the same `decide` as start-up recovery; then drop the journal error from the summary."""
+        rec = p.record
+        if rec is not None and rec.pending is not None:
+            seen = self._seen(rec)
+            resolution = resolve(rec.pending, seen, rec)
+            self.log.info("domain %d: settling step %s (%s)", p.domid, rec.pending, resolution.value)
+            for action in decide(rec, None, None, True, seen):
+                self._perform(p, action)
+        self._unsettled.discard(p.domid)
+        shown = self._summaries.get(p.domid)
+        if shown is not None and shown.error and shown.error.startswith("JOURNAL_"):
+            self._publish(p.domid, self._amend(p.domid, p.record, error=p.record.error if p.record else None))
+
+    def _journal_failed(self, p: _Pass, exc: JournalError) -> None:
+        """Publish the journal failure in the summary and try the guest again later, with backoff."""
+        domid = p.domid
+        if exc.issued is not None:
+            step, result = exc.issued
+            self._unsettled.add(domid)
+            if step == Step.LAUNCH_START and isinstance(result, int) and result:
+                # A handle no journal knows: free it now rather than at the next start's orphan sweep.
+                self._release_unjournaled(domid, Handle(result))
+        delay = self._retry_later(domid)
+        message = f"{exc}; sevd tries again in {delay:.1f} s"
+        self.log.error("domain %d: %s: %s", domid, exc.name, message, extra=self._fields(p.record, exc.name))
+        try:
+            self._publish(domid, self._amend(domid, p.record, error=proto.error_text(exc.name, message)))
+        except (XenstoreError, pyxs.PyXSError, OSError) as err:
+            self.log.warning("domain %d: cannot publish the journal error: %s", domid, err)
+
+    def _teardown_failed(self, p: _Pass, exc: TeardownFailed) -> None:
+        """Publish why the guest's PSP context could not be released, and try again with backoff; the guest's
+        nodes stay until it is released (`xl-sev destroy` prints the error)."""
+        delay = self._retry_later(p.domid)
+        message = f"teardown failed: {exc.message}; sevd tries again in {delay:.1f} s"
+        self.log.error("domain %d: %s: %s", p.domid, exc.name, message, extra=self._fields(p.record, exc.name))
+        try:
+            self._publish(p.domid, self._amend(p.domid, p.record, error=proto.error_text(exc.name, message)))
+        except (XenstoreError, pyxs.PyXSError, OSError) as err:
+            self.log.warning("domain %d: cannot publish the teardown error: %s", p.domid, err)
+
+    def _release_unjournaled(self, domid: DomId, handle: Handle) -> None:
+        try:
+            self.psp(self.guest.decommission, handle)
+            self.log.warning("domain %d: decommissioned handle %d, which the journal could not record", domid, handle)
+        except (FirmwareError, DeviceError) as err:
+            self.log.error("domain %d: handle %d is known to no journal: %s", domid, handle, err)
+
+    def _retry_later(self, domid: DomId) -> float:
+        """Poke `domid` again after a backoff (0.5 s doubling to 30 s); the delay chosen."""
+        with self._poke_lock:
+            delay = self._retries.get(domid, 0.25) * 2
+            delay = min(delay, 30.0)
+            self._retries[domid] = delay
+            timer = threading.Timer(delay, self._retry_fire, (domid,))
+            timer.daemon = True
+            old = self._timers.pop(domid, None)
+            self._timers[domid] = timer
+        if old is not None:
+            old.cancel()
+        timer.start()
+        return delay
+
+    def _retry_fire(self, domid: DomId) -> None:
+        with self._poke_lock:
+            self._timers.pop(domid, None)
+        if not self.stopping.is_set():
+            self.poke(domid)
 
     def _observe(self, p: _Pass) -> None:
         """The guest's nodes: one list says whether there is a request, a command, a summary."""
@@ -459,33 +597,41 @@ class Daemon:
                 self._issue(p, step)
             case NeedLayout():
                 assert p.record is not None
-                p.layout = self._layout_of(p.record)
+                try:
+                    p.layout = self._layout_of(p.record)
+                except (HypervisorError, LaunchFailed) as err:
+                    for then in fail(p.record, *_failure(err)):
+                        self._perform(p, then)
             case Start(record=rec, name=name):
                 assert p.parsed is not None
+                self.records.save(rec)  # before the ack: a request acked is one the journal knows
                 self._requests[domid] = p.parsed
                 p.record = rec
-                self.records.save(rec)  # before the ack: a request acked is one the journal knows
                 launching = proto.GuestSummary(
                     state=rec.state, ack=rec.generation, name=name, policy=Policy(rec.policy)
                 )
                 self._publish(domid, launching)
             case Save(record=rec):
-                p.record = rec
                 self.records.save(rec)
+                p.record = rec
             case TearDown(best_effort=best_effort):
                 try:
                     self._tear_down(p)
+                except JournalError:
+                    raise
                 except (FirmwareError, SevdError) as exc:
                     if not best_effort:
-                        raise
+                        name, message = _failure(exc) if isinstance(exc, _LAUNCH_ERRORS) else ("XEN_ERROR", str(exc))
+                        raise TeardownFailed(name, message) from exc
                     self.log.error("domain %d: teardown failed: %s", domid, exc, extra=self._fields(p.record))
             case MarkFailed(name=name, message=message):
                 assert p.record is not None
                 self.log.error(
                     "domain %d: launch failed: %s: %s", domid, name, message, extra=self._fields(p.record, name)
                 )
-                p.record = dataclasses.replace(p.record, state=GuestState.ERROR, error=proto.error_text(name, message))
-                self.records.save(p.record)
+                failed = dataclasses.replace(p.record, state=GuestState.ERROR, error=proto.error_text(name, message))
+                self.records.save(failed)
+                p.record = failed
             case Publish(step=step):
                 assert p.record is not None
                 self._publish(domid, self._summary_of(p.record, step=step))
@@ -515,6 +661,7 @@ class Daemon:
                 self.xs.rm(proto.guest_path(domid))
                 self._requests.pop(domid, None)
                 self._summaries.pop(domid, None)
+                self._gone.discard(domid)
             case PublishPlatform():
                 self.publish_platform()
 
@@ -534,6 +681,9 @@ class Daemon:
                 if step != Step.ACTIVATE:
                     raise
                 self._flush_and_retry(p, step)
+        except PagesNotOwned as err:
+            self._pages_gone(p, err)
+            return
         except errors as err:
             assert p.record is not None
             for action in fail(p.record, *_failure(err)):
@@ -543,6 +693,18 @@ class Daemon:
             self.log.info("domain %d measured", p.domid, extra=self._fields(p.record))
         elif step == Step.LAUNCH_FINISH:
             self.log.info("domain %d running", p.domid, extra=self._fields(p.record))
+
+    def _pages_gone(self, p: _Pass, err: PagesNotOwned) -> None:
+        """The command was not issued: a dying domain ends the launch (the core tears it down and forgets it);
+        a live one whose pages moved fails it."""
+        assert p.record is not None
+        if p.domid in self._gone or not self.hv.domain_exists(p.domid):
+            self.log.warning("%s: the domain is dying, the launch stops", err, extra=self._fields(p.record))
+            self._gone.add(p.domid)
+            p.alive = False
+            return
+        for action in fail(p.record, "XEN_ERROR", str(err)):
+            self._perform(p, action)
 
     def _flush_and_retry(self, p: _Pass, step: Step) -> None:
         """ACTIVATE answered DFFLUSH_REQUIRED: the firmware holds the ASID dirty while Xen thought it free (the
@@ -573,6 +735,12 @@ class Daemon:
         self.hv.flush_guest_pages(rec.domid, ranges)
         self._layout[key] = ranges
 
+    def _owned(self, rec: GuestRecord, ranges: list[tuple[Spa, int]]) -> None:
+        """The check right before a PSP command on guest memory (in its turn on the PSP queue): the addresses
+        were learnt earlier, and the frames of a domain that died may already be another's."""
+        if rec.domid in self._gone or not self.hv.pages_owned(rec.domid, rec.asid, ranges):
+            raise PagesNotOwned(f"domain {rec.domid}: Xen no longer vouches for its pages; nothing issued")
+
     def _command(self, rec: GuestRecord, step: Step) -> Callable[[], StepResult]:
         """What issuing `step` calls, with its arguments from the record (asked before the step is journaled)."""
         g = self.guest
@@ -592,6 +760,7 @@ class Daemon:
             spa, length = ranges[0]
 
             def update_data() -> None:
+                self._owned(rec, [(spa, length)])
                 self._flush_once(rec, "image", ranges)
                 g.launch_update_data(rec.handle, spa, length)
 
@@ -600,6 +769,7 @@ class Daemon:
             pages = self._vmsa_pages(rec)[rec.vmsas_done :]
 
             def update_vmsa() -> None:
+                self._owned(rec, [(pages[0], PAGE_SIZE)])
                 self._flush_once(rec, "vmsa", [(page, PAGE_SIZE) for page in pages])
                 g.launch_update_vmsa(rec.handle, pages[0])
 
@@ -639,8 +809,13 @@ class Daemon:
             fault_point("after", step)
             assert p.record is not None
             # The result is in the "after" record: nothing learnt may live only in memory.
-            p.record = complete(p.record, step, result, layout)
-            self.records.save(p.record)
+            done = complete(p.record, step, result, layout)
+            try:
+                self.records.save(done)
+            except JournalError as exc:
+                exc.issued = (step, result)  # the journal still names the step in flight: settle it, never redo it
+                raise
+            p.record = done
             return result
 
         return run() if step in XEN_STEPS else self.psp(run)
@@ -689,7 +864,10 @@ class Daemon:
     def _vmsa_pages(self, rec: GuestRecord) -> list[Spa]:
         key = (rec.domid, "vmsa")
         if key not in self._layout:
-            self._layout[key] = self.hv.vmsa_pages(rec.domid)
+            pages = self.hv.vmsa_pages(rec.domid)
+            if len(pages) > MAX_VCPUS:
+                raise LaunchFailed("XEN_ERROR", f"{len(pages)} VMSA pages: a guest has at most {MAX_VCPUS} vCPUs")
+            self._layout[key] = pages
         return self._layout[key]
 
     def _owner_session(self, domid: DomId) -> tuple[bytes | None, bytes | None]:
@@ -750,13 +928,15 @@ class Daemon:
         base = proto.guest_path(rec.domid)
         error = None
         try:
-            packet = proto.SecretPacket.parse(self.xs.read_dir(f"{base}/secret"))
+            xs = self.xs
+            packet = proto.SecretPacket.parse(xs.transact(lambda: xs.read_dir(f"{base}/secret")))
             ranges = self.hv.guest_ranges(rec.domid, packet.gpa, len(packet.data))
             if len(ranges) != 1:
                 raise InputError("secret/gpa: the secret must not cross a physically discontiguous page boundary")
             spa = ranges[0][0]
 
             def inject() -> None:
+                self._owned(rec, ranges)
                 # The PSP writes the secret in place: no stale line of the page may be written back over it.
                 self.hv.flush_guest_pages(rec.domid, ranges)
                 self.guest.launch_update_secret(rec.handle, packet.header, spa, packet.data)
@@ -765,7 +945,7 @@ class Daemon:
             self.log.info("domain %d: secret injected (%d bytes)", rec.domid, len(packet.data), extra=self._fields(rec))
         except InputError as exc:
             error = self._invalid(exc)
-        except (FirmwareError, HypervisorError) as err:
+        except (FirmwareError, HypervisorError, PagesNotOwned) as err:
             name = err.name if isinstance(err, FirmwareError) else "XEN_ERROR"
             p.record = dataclasses.replace(p.record, pending=None)
             self.records.save(p.record)
@@ -785,8 +965,7 @@ class Daemon:
         for rec in self.records.load_all():
             if rec.pending is None:
                 continue
-            status = self.psp(self.guest.guest_status, rec.handle) if rec.handle else None
-            seen = FirmwareStatus(status.state, status.asid) if status is not None else NOT_ASKED
+            seen = self._seen(rec)
             resolution = resolve(rec.pending, seen, rec)
             self.log.info("domain %d: recovering step %s (%s)", rec.domid, rec.pending, resolution.value)
             p = _Pass(rec.domid, rec)
@@ -847,7 +1026,28 @@ class Daemon:
             notify(STATUS=self._status_line())
 
 
+class AlreadyRunning(SevdError):
+    """Another sevd holds the state directory's lock: two daemons would destroy each other's launches."""
+
+
+EXIT_ALREADY_RUNNING = 3
+
+
+def instance_lock(state_dir: Path) -> int:
+    """One sevd per state directory (so per host): the lock file `state_dir/sevd.lock`, held until exit."""
+    private_dir(state_dir)
+    try:
+        return hold_lock(state_dir / "sevd.lock")
+    except LockHeld as held:
+        who = f" (pid {held.pid})" if held.pid else ""
+        raise AlreadyRunning(f"another sevd{who} is running with state directory {state_dir}") from None
+
+
 def run(config_path: str | None) -> int:
     config = Config.load(config_path)
     logging.getLogger("sevd").debug("config %s", config.source)
-    return Daemon(config).run()
+    lock = instance_lock(Path(config.state_dir))
+    try:
+        return Daemon(config).run()
+    finally:
+        os.close(lock)

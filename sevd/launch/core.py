@@ -325,7 +325,8 @@ def decide(
     """What to do next for one guest.
 
     `record` is the journal's; `request` and `command` the toolstack's nodes (None: absent); `guest_status`
-    is given only after a restart, for a record with a step in flight (NOT_ASKED when it holds no handle);
+    is given only when the journal may be behind the firmware — after a restart, or after a journal write
+    failed following a command — for a record with a step in flight (NOT_ASKED when it holds no handle);
     `published` is the summary as last written; `layout` the launch's range and VMSA counts, once asked.
     """
     if record is not None and record.pending is not None and guest_status is not None:

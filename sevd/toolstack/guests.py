@@ -21,6 +21,8 @@ from sevd.toolstack.liveness import daemon_problem, require_daemon
 from sevd.toolstack.waiting import LaunchError, Waiter
 from sevd.xen import protocol as proto
 
+TEARDOWN_FAILED = "teardown failed"  # in the summary's error while sevd retries releasing a guest's context
+
 
 def _int(text: str | None) -> int | None:
     return int(text) if text is not None and text.isdigit() else None
@@ -88,12 +90,22 @@ def destroy(config: Config, dom: str, timeout: float) -> Destroyed:
     """Destroy the domain (xl destroy); for an SEV guest wait until sevd has decommissioned its PSP context."""
     with xenstore(config) as xs:
         domid, name = resolve_domain(xs, dom)
+        if domid == 0:
+            raise InputError(f"domain {dom!r} is Dom0: xl-sev destroys guests, never the control domain")
         sev = is_sev_guest(xs, domid)
         open_toolstack(config, xs).destroy(domid)
         if sev:
             problem = daemon_problem(xs)
             if problem is None:
-                Waiter(xs).gone(domid, timeout, "sevd to decommission it")
+                nodes = Waiter(xs).wait(
+                    domid,
+                    lambda n: not n or TEARDOWN_FAILED in n.get("error", ""),
+                    timeout,
+                    "sevd to decommission it",
+                    fail_on_error_state=False,
+                )
+                if nodes:  # sevd retries; the firmware's reason is the user's to see now
+                    raise LaunchError(f"domain {domid} destroyed, its PSP context not released yet: {nodes['error']}")
             else:
                 return Destroyed(domid, name, f"{problem}; sevd decommissions the guest when it starts")
     return Destroyed(domid, name)

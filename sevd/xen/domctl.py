@@ -416,6 +416,20 @@ class DomctlXen:
         flushes."""
         self._sev_op(DOMID_INVALID, SEV_WBINVD, f"WBINVD (cache flush for domain {domid})")
 
+    def pages_owned(self, domid: DomId, asid: Asid, spa_ranges: list[tuple[Spa, int]]) -> bool:
+        """CHECK_SPA over each range: Xen answers for the live SEV domain holding `asid` (a dying domain no
+        longer counts), and the domain must still be `domid`."""
+        if not self.domain_exists(domid):
+            return False
+        try:
+            for spa, length in spa_ranges:
+                self.check_spa(asid, spa, length)
+        except DomctlError as exc:
+            if exc.errno in (errno_mod.ESRCH, errno_mod.EPERM, errno_mod.EINVAL):
+                return False
+            raise
+        return True
+
     def check_spa(self, asid: Asid, spa: Spa, length: int) -> None:
         """What Dom0's kernel asks before the PSP touches guest memory: is this RAM of the SEV guest with `asid`?"""
         while length > 0:

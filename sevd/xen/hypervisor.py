@@ -67,6 +67,13 @@ class Hypervisor(Protocol):
         """SEV-ES: system-physical addresses of each vCPU's VMSA page (vCPU 0 first), reset state written."""
         ...
 
+    def pages_owned(self, domid: DomId, asid: Asid, spa_ranges: list[tuple[Spa, int]]) -> bool:
+        """Whether the domain still lives, holds `asid`, and owns every page of these system-physical ranges
+        (RAM of its own, or its VMSA pages): asked right before each PSP command on guest memory, since the
+        addresses were learnt earlier and the frames of a domain that died may belong to another by now.
+        False on Xen's refusal; HypervisorError only when it cannot say."""
+        ...
+
     def enable_sev(self, domid: DomId) -> None: ...
 
     def dirty_asids(self) -> list[Asid]:

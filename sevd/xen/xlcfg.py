@@ -35,6 +35,7 @@ from cffi import FFI
 
 from sevd.abi.commands import CERT_SIZE, SESSION_SIZE
 from sevd.abi.policy import Policy, PolicyFlag
+from sevd.abi.units import MAX_VCPUS
 from sevd.errors import InputError
 from sevd.owner import files
 
@@ -335,6 +336,8 @@ def _guest(cfg: XlConfig) -> GuestConfig:
     vcpus = cfg.long("vcpus")
     if vcpus is not None and vcpus <= 0:
         raise InputError(f"{cfg.where('vcpus')}: `vcpus' must be positive, got {vcpus}")
+    if vcpus is not None and vcpus > MAX_VCPUS:
+        raise InputError(f"{cfg.where('vcpus')}: `vcpus' is {vcpus}; Xen runs at most {MAX_VCPUS} in a guest")
     dom_type = cfg.string("type") or ("hvm" if cfg.string("builder") == "hvm" else "pv")
     bios = cfg.string("bios")
     kernel = cfg.string("kernel")

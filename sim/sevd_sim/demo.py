@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sevd.durable import LockHeld, hold_lock
 from sevd.xen import protocol as proto
 from sevd_sim import kds
 from sevd_sim.host import SimulatedHost
@@ -57,6 +58,9 @@ def _tool(name: str) -> list[str]:
         return [found]
     module = {"sevd": "sevd.cli.sevd_main", "xl-sev": "sevd.cli.xl_sev", "sev-owner": "sevd.cli.owner"}[name]
     return [sys.executable, "-m", module]
+
+
+EXIT_DEMO_RUNNING = 3
 
 
 def run_demo(host_dir: str | None = None) -> int:
@@ -133,6 +137,20 @@ class Demo:
         if not OVMF.exists():
             print(f"{OVMF} is missing: install Debian's ovmf package (make demo does)")
             return 2
+        # One demo per simulated host: a second would recreate the host and its xenstored under the first.
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = hold_lock(self.root / "demo.lock")
+        except LockHeld as held:
+            who = f" (pid {held.pid})" if held.pid else ""
+            print(f"another sevd-sim demo{who} runs on {self.root}", file=sys.stderr)
+            return EXIT_DEMO_RUNNING
+        try:
+            return self._run_locked()
+        finally:
+            os.close(lock)
+
+    def _run_locked(self) -> int:
         try:
             self._run()
         except DemoFailed as exc:

@@ -8,12 +8,14 @@ the CPUs' cache (`CpuCache`) and reaches DRAM, where the PSP reads, only when fl
 
 from __future__ import annotations
 
+import ctypes
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sevd.abi.units import MAX_VCPUS, Asid, DomId, Gpa, Spa
 from sevd.abi.units import PAGE_SIZE as PAGE
-from sevd.abi.units import Asid, DomId, Gpa, Spa
 from sevd.abi.vmsa import reset_vmsas
 from sevd.durable import exclusive, read_json, write_json
 from sevd.xen.hypervisor import HypervisorError, SevCapabilities, SevDomain
@@ -129,12 +131,17 @@ class SimulatedXen:
     def create_domain(self, name: str, memory_mb: int, image: bytes, vcpus: int = 1) -> DomId:
         """`xl create -p`: a paused domain with `image` loaded at the top of its first 4 GiB, like OVMF."""
         pages = memory_mb * 1024 * 1024 // PAGE
+        if not 1 <= vcpus <= MAX_VCPUS:
+            raise HypervisorError(f"{vcpus} vCPUs: Xen creates a guest with 1 to {MAX_VCPUS} (HVM_MAX_VCPUS)")
         with self._locked():
             state = self._load()
             if any(d["name"] == name for d in state["domains"].values()):
                 raise HypervisorError(f"a domain named {name!r} already exists")
             runs: list[list[int]] = []  # [first mfn, count] in guest-frame order: small JSON at any size
-            allocated, cursor = 0, state["next_free_page"]
+            allocated, cursor = (
+                _reuse(state.setdefault("free_runs", []), pages, runs, self.CHUNK_PAGES),
+                state["next_free_page"],
+            )
             while allocated < pages:
                 take = min(self.CHUNK_PAGES, pages - allocated)
                 runs.append([cursor, take])
@@ -191,6 +198,13 @@ class SimulatedXen:
             self._flush_cache(None)
             if self.psp_wbinvd is not None:
                 self.psp_wbinvd()
+        # Then Xen scrubs the domain's pages and returns them to its heap: the next domains are built from them.
+        freed = [*dom["frame_runs"], *([mfn, 1] for mfn in dom.get("vmsa_frames", []))]
+        _scrub(self.host / "memory.img", freed)
+        with self._locked():
+            state = self._load()
+            state.setdefault("free_runs", []).extend(freed)
+            self._save(state)
 
     def domains(self) -> dict[int, dict[str, Any]]:
         return {int(k): v for k, v in self._load()["domains"].items()}
@@ -273,6 +287,18 @@ class SimulatedXen:
             if frame not in frames:
                 raise HypervisorError(f"CHECK_SPA: {frame * PAGE:#x} is not RAM of the SEV domain with ASID {asid}")
 
+    def pages_owned(self, domid: DomId, asid: Asid, spa_ranges: list[tuple[Spa, int]]) -> bool:
+        """CHECK_SPA over each range, for the domain `domid` (which must still live and hold `asid`)."""
+        dom = self._load()["domains"].get(str(domid))
+        if dom is None or not dom.get("sev") or dom.get("asid") != asid:
+            return False
+        try:
+            for spa, length in spa_ranges:
+                self.check_spa(asid, spa, length)
+        except HypervisorError:
+            return False
+        return True
+
     def vmsa_pages(self, domid: DomId) -> list[Spa]:
         return [Spa(mfn * PAGE) for mfn in self._domain(self._load(), domid).get("vmsa_frames", [])]
 
@@ -334,6 +360,40 @@ class SimulatedXen:
 
     def close(self) -> None:
         """Nothing stays open between calls: each reads and writes the host's files."""
+
+
+def _reuse(free: list[list[int]], pages: int, runs: list[list[int]], chunk: int) -> int:
+    """Take up to `pages` frames from Xen's free runs into `runs`, in chunks of at most `chunk` with a frame
+    left between two chunks of one run (so an image stays physically discontiguous); the frames taken."""
+    taken, holes = 0, []
+    while taken < pages and free:
+        first, count = free.pop(0)
+        take = min(chunk, pages - taken, count)
+        runs.append([first, take])
+        taken += take
+        if count > take + 1:
+            holes.append([first + take, 1])
+            free.insert(0, [first + take + 1, count - take - 1])
+        elif count == take + 1:
+            holes.append([first + take, 1])
+    free.extend(holes)
+    return taken
+
+
+def _scrub(memory: Path, runs: list[list[int]]) -> None:
+    """Zero freed frames as Xen scrubs them, by punching holes in the sparse memory file (no data written)."""
+    fd = os.open(memory, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for mfn, count in runs:
+            if _libc.fallocate(fd, _PUNCH_HOLE, ctypes.c_long(mfn * PAGE), ctypes.c_long(count * PAGE)) != 0:
+                os.pwrite(fd, bytes(count * PAGE), mfn * PAGE)  # a filesystem without hole punching
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 
 def _mfn_runs(frame_runs: list[list[int]], first_gfn: int, count: int) -> Iterator[tuple[int, int]]:

@@ -1,0 +1,316 @@
+"""What an adversarial run broke, each reproduced: a journal that cannot be written, a domain that dies
+mid-launch, teardown failures, a second daemon, secrets left behind (issue "Reliability and scale")."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from daemon_harness import BIN, Harness, wait_for
+
+from sevd.abi.policy import Policy
+from sevd.daemon.records import RecordStore
+from sevd.durable import hold_lock
+from sevd.errors import InputError
+from sevd.platform import Platform
+from sevd.toolstack.guestnodes import send_secret
+from sevd.xen import protocol as proto
+from sevd.xen import xlcfg
+from sevd.xen.hypervisor import HypervisorError
+from sevd_sim.demo import Demo
+from sevd_sim.xen import SimulatedXen
+
+IMAGE = bytes(range(256)) * (300 * 4096 // 256)  # 300 pages: several physically discontiguous ranges
+
+# Run first in the daemon's process: once the command named by SEVD_TEST_ARM has run, the journal's
+# filesystem turns read-only (as a remount would) until the test removes the flag file.
+JOURNAL_FAULT = """
+import errno, os, types
+import sevd.daemon.records as records
+import sevd.daemon.service as service
+_flag, _arm = os.environ["SEVD_TEST_FLAG"], os.environ["SEVD_TEST_ARM"]
+_fault, _armed = service.fault_point, []
+def fault_point(when, step):
+    if f"{when}:{step}" == _arm and not _armed:
+        _armed.append(1)
+        open(_flag, "w").close()
+    _fault(when, step)
+service.fault_point = fault_point
+def pwrite(fd, data, offset):
+    if os.path.exists(_flag):
+        raise OSError(errno.EROFS, "Read-only file system")
+    return os.pwrite(fd, data, offset)
+records.os = types.SimpleNamespace(**{**vars(os), "pwrite": pwrite})
+"""
+
+
+def poke(h: Harness, domid: int) -> None:
+    """Any node written under the guest makes the daemon reconcile it (as the attack's `xenstore-write` did)."""
+    h.xs.write(proto.guest_path(domid, "poke"), "1")
+    h.xs.rm(proto.guest_path(domid, "poke"))
+
+
+def journal_handles(h: Harness) -> list[int]:
+    return [r.handle for r in RecordStore(h.root / "sevd-state").load_all() if r.handle]
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = Harness(tmp_path / "host", max_asid=6, min_sev_asid=5)
+    yield h
+    h.close()
+
+
+# The step after which the journal stops taking writes × how the launch must end.  LAUNCH_UPDATE_DATA
+# encrypted a range in place: the range cannot be measured again, so the launch fails INTERRUPTED, as
+# after a crash.  LAUNCH_START and ACTIVATE are settled by GUEST_STATUS and the launch goes on.
+JOURNAL_CASES = {
+    "LAUNCH_START": "running",
+    "ACTIVATE": "running",
+    "LAUNCH_UPDATE_DATA": "error",
+    "LAUNCH_MEASURE": "error",
+}
+
+
+@pytest.mark.parametrize("step", list(JOURNAL_CASES))
+def test_a_journal_write_failing_after_a_psp_command_never_reissues_it_blind(host, step):
+    flag = host.root / "journal-readonly"
+    host.start_daemon({"SEVD_TEST_FLAG": str(flag), "SEVD_TEST_ARM": f"after:{step}"}, prelude=JOURNAL_FAULT)
+    domid = host.toolstack.create("ro", 4, IMAGE)
+    host.request(domid)
+    wait_for(flag.exists, 30, f"the journal failing after {step}")
+    # An unwritable journal is published, not left as `launching` with a promise in the log.
+    error = wait_for(lambda: host.field(domid, "error"), 10, "the journal error in the summary")
+    assert error.startswith("JOURNAL_EROFS:"), error
+    flag.unlink()
+    poke(host, domid)
+    final = host.wait_state(domid, "running", "error", "measured")
+    assert final == JOURNAL_CASES[step], host.logs()[-4000:]
+    if final == "error":
+        assert host.field(domid, "error").startswith("INTERRUPTED:"), host.field(domid, "error")
+    else:
+        assert host.field(domid, "error") is None
+    # No PSP context the journal does not know (the handle of a LAUNCH_START it could not record).
+    assert Platform(host.host.client()).status().guests == len(journal_handles(host)), host.logs()[-4000:]
+    assert "ASID_OWNED" not in host.logs()
+
+
+# Run first in the daemon's process: counts LAUNCH_UPDATE_VMSA and LAUNCH_UPDATE_DATA commands in a file, and
+# holds the launch after the first command named by SEVD_TEST_HOLD until the test removes the flag file.
+HOLD_AND_COUNT = """
+import os, time
+import sevd.daemon.service as service
+from sevd.guest import GuestCommands
+_flag, _hold, _count = os.environ["SEVD_TEST_FLAG"], os.environ["SEVD_TEST_HOLD"], os.environ["SEVD_TEST_COUNT"]
+_fault, _held = service.fault_point, []
+def fault_point(when, step):
+    if f"{when}:{step}" == _hold and not _held:
+        _held.append(1)
+        open(_flag, "w").close()
+        while os.path.exists(_flag):
+            time.sleep(0.01)
+    _fault(when, step)
+service.fault_point = fault_point
+def counted(fn):
+    def wrapper(*args, **kwargs):
+        with open(_count, "a") as f:
+            f.write("x")
+        return fn(*args, **kwargs)
+    return wrapper
+GuestCommands.launch_update_vmsa = counted(GuestCommands.launch_update_vmsa)
+GuestCommands.launch_update_data = counted(GuestCommands.launch_update_data)
+"""
+
+
+def _held_daemon(h: Harness, hold: str):
+    flag, count = h.root / "held", h.root / "count"
+    env = {"SEVD_TEST_FLAG": str(flag), "SEVD_TEST_HOLD": hold, "SEVD_TEST_COUNT": str(count)}
+    h.start_daemon(env, prelude=HOLD_AND_COUNT)
+    return flag, lambda: len(count.read_text()) if count.exists() else 0
+
+
+def test_a_launch_stops_at_the_first_sign_its_domain_is_dying(tmp_path):
+    """The domain is destroyed while its SEV-ES launch runs VMSAs: no further PSP command touches its pages."""
+    h = Harness(tmp_path / "host")
+    try:
+        flag, commands = _held_daemon(h, "after:LAUNCH_UPDATE_VMSA")
+        domid = h.toolstack.create("dying", 8, IMAGE, vcpus=16)
+        h.request(domid, Policy.parse("ES"))
+        wait_for(flag.exists, 30, "the first VMSA")
+        issued = commands()
+        h.toolstack.destroy(domid)
+        flag.unlink()
+        wait_for(lambda: h.xs.read(proto.guest_path(domid)) is None, 30, "the guest forgotten")
+        assert commands() == issued, f"{commands() - issued} commands on the pages of a dead domain"
+        assert Platform(h.host.client()).status().guests == 0
+        assert "running" not in h.logs() and "measured" not in h.logs()
+    finally:
+        h.close()
+
+
+def test_sigterm_stops_a_pass_between_two_steps(tmp_path):
+    h = Harness(tmp_path / "host")
+    try:
+        flag, commands = _held_daemon(h, "after:LAUNCH_UPDATE_DATA")
+        domid = h.toolstack.create("long", 64, bytes(4096) * 4096)  # 16 MiB: 64 ranges
+        h.request(domid)
+        wait_for(flag.exists, 30, "the first range")
+        h.daemon.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        flag.unlink()
+        rc = h.daemon.wait(timeout=10)
+        h.daemon = None
+        assert rc == 0
+        assert commands() <= 2, f"{commands()} ranges encrypted after SIGTERM"
+        h.start_daemon()  # the journal is whole: the next start goes on
+        assert h.wait_state(domid, "running", "error") == "running", h.logs()[-3000:]
+    finally:
+        h.close()
+
+
+def test_an_es_guest_is_bounded_by_the_vcpus_xen_allows(tmp_path):
+    cfg = tmp_path / "big.cfg"
+    cfg.write_text('name = "big"\ntype = "hvm"\nmemory = 64\nbios = "ovmf"\nsev = 1\nsev_es = 1\nvcpus = 100000\n')
+    with pytest.raises(InputError) as exc:
+        xlcfg.load(str(cfg))
+    assert "\n" not in str(exc.value) and "at most 128" in str(exc.value), exc.value
+    xen = SimulatedXen(Harness(tmp_path / "host").host.root)  # and Xen itself refuses such a domain
+    with pytest.raises(HypervisorError, match="1 to 128"):
+        xen.create_domain("big", 8, IMAGE, vcpus=100000)
+
+
+# Run first in the daemon's process: DECOMMISSION answers HWERROR_PLATFORM while the flag file exists.
+FAILING_DECOMMISSION = """
+import os
+from sevd.abi.status import HwerrorPlatform
+from sevd.guest import GuestCommands
+_flag, _decommission = os.environ["SEVD_TEST_FLAG"], GuestCommands.decommission
+def decommission(self, handle):
+    if os.path.exists(_flag):
+        raise HwerrorPlatform("DECOMMISSION")
+    return _decommission(self, handle)
+GuestCommands.decommission = decommission
+"""
+
+
+def test_a_failed_teardown_is_published_retried_and_printed_by_destroy(host):
+    flag = host.root / "hwerror"
+    host.start_daemon({"SEVD_TEST_FLAG": str(flag)}, prelude=FAILING_DECOMMISSION)
+    domid = host.toolstack.create("doomed", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "running") == "running"
+    flag.touch()
+    proc = subprocess.run(
+        [str(BIN / "xl-sev"), "--config", str(host.root / "sevd.toml"), "destroy", str(domid), "--timeout", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "HWERROR_PLATFORM" in proc.stderr and "teardown failed" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert Platform(host.host.client()).status().guests == 1  # held while the firmware refuses
+    flag.unlink()  # the firmware recovers: the retry releases the context without another event
+    wait_for(lambda: host.xs.read(proto.guest_path(domid)) is None, 30, "the retried teardown")
+    assert Platform(host.host.client()).status().guests == 0
+
+
+def test_a_second_sevd_exits_with_one_line_and_its_own_status(host):
+    first = host.start_daemon()
+    second = subprocess.run(
+        [str(BIN / "sevd"), "run", "--config", str(host.root / "sevd.toml")], capture_output=True, text=True, timeout=30
+    )
+    assert second.returncode == 3, second
+    assert second.stderr.strip().splitlines() == [
+        f"error: another sevd (pid {first.pid}) is running with state directory {host.root / 'sevd-state'}"
+    ], second.stderr
+    assert host.xs.read(proto.DAEMON_PID) == str(first.pid)  # not taken over
+
+
+def test_a_second_demo_on_one_simulated_host_refuses(tmp_path, capsys):
+    root = tmp_path / "demo"
+    root.mkdir()
+    fd = hold_lock(root / "demo.lock")  # the first demo
+    try:
+        assert Demo(root).run() == 3
+    finally:
+        os.close(fd)
+    assert capsys.readouterr().err.strip().splitlines() == [f"another sevd-sim demo (pid {os.getpid()}) runs on {root}"]
+    assert not (root / "sevd.toml").exists()  # the host was left alone
+
+
+def test_the_state_directory_is_private_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        RecordStore(tmp_path / "state")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "guests").stat().st_mode & 0o777 == 0o700
+
+
+def _packet(h: Harness, domid: int) -> proto.SecretPacket:
+    gpa, _ = h.toolstack.image_location(domid)
+    return proto.SecretPacket(bytes(0x34), bytes(32), gpa)
+
+
+def test_a_refused_inject_secret_leaves_no_packet(host):
+    host.start_daemon()
+    domid = host.toolstack.create("fin", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "running") == "running"
+    send_secret(host.xs, domid, _packet(host, domid))  # after LAUNCH_FINISH: refused
+    wait_for(lambda: host.xs.read(proto.guest_path(domid, "command")) is None, 30, "the answer")
+    assert "needs state measured" in host.field(domid, "error")
+    assert host.xs.read(proto.guest_path(domid, "secret")) is None
+
+
+def test_a_packet_whose_command_was_overwritten_is_removed(host):
+    host.start_daemon()
+    domid = host.toolstack.create("over", 4, IMAGE)
+    host.request(domid, attest=True)
+    assert host.wait_state(domid, "measured") == "measured"
+    # inject-secret and its packet, then `finish` over the command before sevd read it: one write here.
+    values = {f"secret/{k}": v for k, v in _packet(host, domid).to_nodes().items()}
+    host.xs.write_many(proto.guest_path(domid), {**values, "command": "finish"})
+    assert host.wait_state(domid, "running") == "running"
+    wait_for(lambda: host.xs.read(proto.guest_path(domid, "command")) is None, 30, "the answer")
+    assert host.xs.read(proto.guest_path(domid, "secret")) is None
+
+
+@pytest.mark.parametrize("dom", ["0", "Domain-0"])
+def test_destroy_refuses_dom0(host, dom):
+    host.start_daemon()
+    host.xs.write_many("/local/domain/0", {"name": "Domain-0", "domid": "0"})  # as xen-init-dom0 writes them
+    proc = subprocess.run(
+        [str(BIN / "xl-sev"), "--config", str(host.root / "sevd.toml"), "destroy", dom],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "destroyed" not in proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        f"error: domain {dom!r} is Dom0: xl-sev destroys guests, never the control domain"
+    ]
+
+
+def test_the_simulated_xen_frees_a_destroyed_domains_memory(tmp_path):
+    """A host with room for two 64 MiB guests builds forty, one after another, as Xen reuses freed pages."""
+    from sevd_sim.host import SimulatedHost
+
+    host = SimulatedHost.create(tmp_path / "host", memory_size=160 << 20)
+    xen = SimulatedXen(host.root)
+    seen: set[int] = set()
+    for i in range(40):
+        domid = xen.create_domain(f"g{i}", 64, IMAGE)
+        ranges = xen.boot_image_ranges(domid)
+        assert len(ranges) > 1  # still physically discontiguous
+        assert xen.cpu_read(ranges[0][0], 16) == IMAGE[:16]
+        seen.update(spa // 4096 for spa, _ in ranges)
+        xen.destroy(domid)
+        assert xen.cpu_read(ranges[0][0], 16) == bytes(16)  # scrubbed
+    assert len(seen) < 40 * len(ranges)  # frames were reused
