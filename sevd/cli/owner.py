@@ -19,6 +19,7 @@ import click
 from sevd.abi import certs
 from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy
+from sevd.cli.common import run_cli
 from sevd.errors import InputError, SevdError, VerificationError
 from sevd.owner import files, keyserver
 from sevd.owner import measurement as owner_measurement
@@ -376,5 +377,10 @@ def show_cert_cmd(path: str) -> _Result:
     return _Result([f"{k}: {v}" for k, v in info.items()], **info)
 
 
+def entry() -> None:
+    """The `sev-owner` command: `main` with no traceback reaching the user."""
+    run_cli(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    entry()
