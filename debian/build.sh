@@ -45,7 +45,7 @@ version=$(dpkg-parsechangelog -l "$here/changelog" -SVersion)
 stage=$repo/.cache/deb-build
 src=$stage/sevd-${version%-*}
 rm -rf "$stage" && mkdir -p "$src"
-(cd "$repo" && git ls-files -co --exclude-standard -z | grep -zv '^\(sim\|tests\|bench\|examples\)/' \
+(cd "$repo" && git ls-files -co --exclude-standard -z | grep -zv '^\(sim\|tests\|bench\)/' \
     | xargs -0 -I{} sh -c 'test -e "{}" && cp -a --parents "{}" "'"$src"'"/ || true')
 mkdir -p "$src/vendor/ioctl_opt-1.3.1.licenses"
 tar -xzf "$VENDOR_CACHE/pyxs-0.4.1.tar.gz" -C "$stage" pyxs-0.4.1/pyxs pyxs-0.4.1/LICENSE
