@@ -48,9 +48,7 @@ def _refuse_unknown(chosen: Path, data: dict[str, object]) -> None:
             raise InputError(f"{chosen}: {section} must be a [{section}] section, not a value")
         for key in body:
             if key not in KEYS[section]:
-                raise InputError(
-                    f"{chosen}: unknown key {key!r} in [{section}] (known: {', '.join(KEYS[section])})"
-                )
+                raise InputError(f"{chosen}: unknown key {key!r} in [{section}] (known: {', '.join(KEYS[section])})")
 
 
 @dataclasses.dataclass(frozen=True)
