@@ -9,6 +9,10 @@
              generation whose ASK signed the CEK);  cache = "$SEVD_CACHE_DIR/kds" or "/var/cache/sevd/kds"
 [owner]      roots = a directory (ark.cert + ask.cert) the local owner (`xl-sev create --attest`) trusts
              instead of AMD's bundled roots; unset on a real host
+
+Every key has a default, so no file at the default path means the defaults; a file named with --config or
+$SEVD_CONFIG must exist.  A section or key not listed in KEYS is refused, naming it and the file: a typo must
+not silently leave a setting at its default.
 """
 
 from __future__ import annotations
@@ -23,6 +27,28 @@ from sevd.owner.keyserver import AMD_KDS_URL, KeyServer, default_cache_dir
 from sevd.psp.device import DEFAULT_DEVICE
 
 DEFAULT_CONFIG = Path("/etc/sevd/sevd.toml")
+
+# Every section and its keys, as sevd.toml spells them.
+KEYS: dict[str, tuple[str, ...]] = {
+    "psp": ("backend", "path"),
+    "xenstore": ("socket",),
+    "hypervisor": ("backend", "path"),
+    "daemon": ("state_dir", "log_level"),
+    "keyserver": ("url", "roots_url", "generation", "cache"),
+    "owner": ("roots",),
+}
+
+
+def _refuse_unknown(chosen: Path, data: dict[str, object]) -> None:
+    for section, body in data.items():
+        if section not in KEYS:
+            known = ", ".join(f"[{s}]" for s in KEYS)
+            raise InputError(f"{chosen}: unknown section [{section}] (known: {known})")
+        if not isinstance(body, dict):
+            raise InputError(f"{chosen}: {section} must be a [{section}] section, not a value")
+        for key in body:
+            if key not in KEYS[section]:
+                raise InputError(f"{chosen}: unknown key {key!r} in [{section}] (known: {', '.join(KEYS[section])})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,14 +69,21 @@ class Config:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None) -> Config:
-        """From `path`, else $SEVD_CONFIG, else /etc/sevd/sevd.toml; errors name the file and key."""
-        chosen = Path(path or os.environ.get("SEVD_CONFIG") or DEFAULT_CONFIG)
+        """From `path`, else $SEVD_CONFIG, else /etc/sevd/sevd.toml (the defaults when that file is absent);
+        errors name the file and key."""
+        named = path or os.environ.get("SEVD_CONFIG")
+        chosen = Path(named or DEFAULT_CONFIG)
         try:
             data = tomllib.loads(chosen.read_text())
         except FileNotFoundError:
+            if not named:
+                return cls()
             raise InputError(f"{chosen}: no such configuration file (use --config or $SEVD_CONFIG)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{chosen}: cannot read the configuration: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise InputError(f"{chosen}: not valid TOML: {exc}") from None
+        _refuse_unknown(chosen, data)
 
         def get(section: str, key: str, default: str, choices: tuple[str, ...] = ()) -> str:
             value = data.get(section, {}).get(key, default)

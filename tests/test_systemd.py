@@ -1,6 +1,7 @@
 """The systemd unit (verify, security exposure) and the daemon's sd_notify protocol, with a real process."""
 
 import contextlib
+import os
 import re
 import shutil
 import socket
@@ -56,37 +57,67 @@ def test_unit_is_type_notify_with_watchdog():
         assert line in text
 
 
-def test_daemon_sends_ready_and_watchdog(tmp_path):
-    pytest.importorskip("systemd.daemon", reason="systemd-python is installed by make test")
-    sock_path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(0.2)
-    messages: list[str] = []
+# sys.modules[name] = None makes `import systemd` fail: the daemon as installed without systemd-python.
+WITHOUT_SYSTEMD_PYTHON = "import sys\nsys.modules['systemd'] = None\nsys.modules['systemd.journal'] = None"
 
-    def received(needle):
+
+class StandInManager:
+    """What systemd does with $NOTIFY_SOCKET: a datagram socket that collects the lines sent to it."""
+
+    def __init__(self, address: str | bytes):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+
+    def received(self, needle: str) -> bool:
         with contextlib.suppress(TimeoutError):
-            messages.append(sock.recv(4096).decode())
-        return any(needle in m for m in messages)
+            self.messages.append(self.sock.recv(4096).decode())
+        return any(needle in m for m in self.messages)
 
+
+@pytest.mark.parametrize("systemd_python", [True, False], ids=["with-systemd-python", "without-systemd-python"])
+def test_daemon_sends_ready_and_watchdog(tmp_path, systemd_python):
+    if systemd_python:
+        pytest.importorskip("systemd.journal", reason="systemd-python is installed by make test")
+    sock_path = tmp_path / "notify.sock"
+    manager = StandInManager(str(sock_path))
     h = Harness(tmp_path / "host")
     try:
-        h.start_daemon({"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
-        wait_for(lambda: received("READY=1"), 20, "READY=1")
-        wait_for(lambda: received("WATCHDOG=1"), 20, "WATCHDOG=1")
-        assert any("STATUS=" in m for m in messages)
+        prelude = None if systemd_python else WITHOUT_SYSTEMD_PYTHON
+        h.start_daemon({"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}, prelude=prelude)
+        wait_for(lambda: manager.received("READY=1"), 20, "READY=1")
+        wait_for(lambda: manager.received("WATCHDOG=1"), 20, "WATCHDOG=1")
+        assert any("STATUS=" in m for m in manager.messages)
     finally:
         h.close()
-        sock.close()
+        manager.sock.close()
+
+
+def test_notify_reaches_an_abstract_socket(monkeypatch):
+    from sevd.daemon import notify
+
+    name = f"sevd-test-{os.getpid()}"
+    manager = StandInManager(b"\0" + name.encode())
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert notify.notify(READY="1", STATUS="two\nlines") is True
+        assert manager.received("READY=1")
+        assert manager.messages == ["READY=1\nSTATUS=two lines"]
+    finally:
+        manager.sock.close()
+
+
+def test_no_notify_socket_sends_nothing(monkeypatch):
+    from sevd.daemon import notify
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert not notify.listening() and notify.notify(READY="1") is False
 
 
 def test_a_status_line_to_a_manager_that_went_away_is_not_an_error(tmp_path, monkeypatch):
-    import socket
-
     from sevd.daemon import notify
 
-    if notify.sd_daemon is None:
-        pytest.skip("systemd-python is not installed")
     path = tmp_path / "notify.socket"
     gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     gone.bind(str(path))

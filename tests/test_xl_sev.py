@@ -413,3 +413,17 @@ def test_ok_says_what_the_backends_are_without_asking_their_names(harness, tmp_p
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"[ FAIL ] /dev/sev: {tmp_path}/no-sev missing, not writable" in proc.stdout, proc.stdout
     assert "guest-command ioctl" not in proc.stdout and "[ FAIL ] firmware: not checked: no PSP" in proc.stdout
+
+
+def test_a_clean_stop_clears_ready_and_list_then_says_sevd_is_down(tmp_path):
+    h = Harness(tmp_path / "host")
+    try:
+        h.start_daemon()
+        assert xl(h, "list").returncode == 0
+        assert h.stop_daemon() == 0
+        assert h.xs.read("/sevd/daemon/ready") is None and h.xs.read("/sevd/daemon/pid") is None
+        proc = xl(h, "list", check=1)
+        assert proc.stdout == "" and proc.stderr.count("\n") == 1
+        assert "sevd is not running" in proc.stderr
+    finally:
+        h.close()

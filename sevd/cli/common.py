@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,19 @@ from sevd.abi.status import FirmwareError
 from sevd.errors import DeviceError, InputError, SevdError, VerificationError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SOFTWARE = 70  # sysexits' EX_SOFTWARE: a bug in sevd, not in what it was asked
+
+
+def run_cli(group: click.Command) -> None:
+    """An entry point: click's own handling, then one line for anything unforeseen instead of a traceback
+    (SEVD_DEBUG=1 shows it)."""
+    try:
+        group()
+    except Exception as exc:  # noqa: BLE001 - the last line of defence before a user's terminal
+        if os.environ.get("SEVD_DEBUG"):
+            raise
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (SEVD_DEBUG=1 shows where)", err=True)
+        sys.exit(EXIT_SOFTWARE)
 
 
 def emit(ctx: click.Context, data: Any, text: str) -> None:

@@ -16,6 +16,7 @@ import click
 from sevd.abi import certs
 from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy
+from sevd.cli.common import run_cli
 from sevd.cli.owner_snp import snp_group
 from sevd.cli.owner_verbs import _Result, _verb
 from sevd.errors import InputError, VerificationError
@@ -336,5 +337,11 @@ def show_cert_cmd(path: str) -> _Result:
 
 main.add_command(snp_group)
 
+
+def entry() -> None:
+    """The `sev-owner` command: `main` with no traceback reaching the user."""
+    run_cli(main)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    entry()

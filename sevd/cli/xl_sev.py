@@ -23,13 +23,14 @@ import click
 from sevd import __version__
 from sevd.abi.policy import Policy
 from sevd.backends import open_psp
-from sevd.cli.common import emit, reports_errors
+from sevd.cli.common import emit, reports_errors, run_cli
 from sevd.config import Config
 from sevd.errors import InputError
 from sevd.platform import Platform
 from sevd.toolstack import domains, guests, hostcheck
 from sevd.toolstack.export import export_chain
 from sevd.toolstack.launch import CreateOptions, check_create, create_guest
+from sevd.toolstack.liveness import require_daemon
 from sevd.xen import xlcfg
 
 DEFAULT_TIMEOUT = 60.0
@@ -275,6 +276,7 @@ def _policy_text(text: str | None) -> str:
 def list_cmd(ctx: click.Context) -> None:
     """SEV guests sevd knows: domid, name, PSP handle, ASID, state, policy, measurement present."""
     with domains.xenstore(_config(ctx)) as xs:
+        require_daemon(xs)  # sevd down: its rows would be stale, so say so (exit 1) instead
         rows = domains.guest_rows(xs)
     lines = [f"{'Name':<20} {'ID':>5} {'Handle':>6} {'ASID':>5} {'State':<10} {'Measured':<8} Policy"]
     for r in rows:
@@ -380,7 +382,7 @@ def ok(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    cli()
+    run_cli(cli)
 
 
 if __name__ == "__main__":

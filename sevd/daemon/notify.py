@@ -1,21 +1,45 @@
-"""systemd integration: sd_notify (READY, STATUS, WATCHDOG) and journal fields; silent without systemd."""
+"""systemd integration: sd_notify (READY, STATUS, WATCHDOG) and journal fields; silent without systemd.
+
+The notify protocol is one datagram of "KEY=value" lines to the AF_UNIX socket named by $NOTIFY_SOCKET
+(sd_notify(3)): a filesystem path, or an abstract name written with a leading "@".  It is sent here
+directly, so READY and WATCHDOG work whether or not systemd-python is installed; systemd-python, when
+present, only adds structured journal fields.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 
-try:  # systemd-python; the daemon works without it (and without systemd)
-    from systemd import daemon as sd_daemon
+try:  # systemd-python: journal fields only; the daemon works without it (and without systemd)
     from systemd import journal as sd_journal
 except ImportError:  # pragma: no cover - exercised where systemd-python is absent
-    sd_daemon = None
     sd_journal = None
+
+
+def _address(value: str) -> str | bytes | None:
+    """$NOTIFY_SOCKET as a socket address: a path, or an abstract name ("@name" → b"\\0name")."""
+    if value.startswith("@"):
+        return b"\0" + value[1:].encode()
+    if value.startswith("/"):
+        return value
+    return None  # vsock addresses (vsock:CID:PORT) are for VMs; sevd never runs that way
 
 
 def listening() -> bool:
     """Whether systemd takes notifications (so callers can skip composing a STATUS nobody reads)."""
-    return sd_daemon is not None and bool(os.environ.get("NOTIFY_SOCKET"))
+    return _address(os.environ.get("NOTIFY_SOCKET", "")) is not None
+
+
+def send(message: str) -> bool:
+    """One sd_notify datagram; True when the socket took it."""
+    address = _address(os.environ.get("NOTIFY_SOCKET", ""))
+    if address is None:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        return sock.send(message.encode()) > 0
 
 
 def notify(**fields: str) -> bool:
@@ -23,7 +47,8 @@ def notify(**fields: str) -> bool:
     if not listening():
         return False
     try:
-        return bool(sd_daemon.notify("\n".join(f"{k}={v}" for k, v in fields.items())))
+        # A value is one line: a newline inside STATUS would start a new (unintended) assignment.
+        return send("\n".join(f"{k}={' '.join(str(v).splitlines())}" for k, v in fields.items()))
     except OSError:
         # Best effort, as sd_notify(3) is: a service manager that went away (or restarts) must not
         # turn a status line into a failed reconcile pass.

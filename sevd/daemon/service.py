@@ -10,6 +10,7 @@ journaled step in flight through the same `decide` with what GUEST_STATUS shows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import faulthandler
@@ -391,6 +392,8 @@ class Daemon:
             timer.cancel()
         self.pool.shutdown(wait=True)
         if self.xs is not None:
+            with contextlib.suppress(XenstoreLost, XenstoreError, pyxs.PyXSError, OSError):  # xenstored may be gone
+                self.xs.rm(f"{proto.ROOT}/daemon")  # ready and pid: nothing says "ready" once stopped
             self.xs.close()
 
     # -- per-guest work ------------------------------------------------------------------------------------
