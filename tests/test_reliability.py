@@ -225,7 +225,7 @@ def test_a_second_sevd_exits_with_one_line_and_its_own_status(host):
     )
     assert second.returncode == 3, second
     assert second.stderr.strip().splitlines() == [
-        f"error: another sevd (pid {first.pid}) is running with state directory {host.root / 'sevd-state'}"
+        f"sevd: another sevd (pid {first.pid}) is running with state directory {host.root / 'sevd-state'}"
     ], second.stderr
     assert host.xs.read(proto.DAEMON_PID) == str(first.pid)  # not taken over
 
