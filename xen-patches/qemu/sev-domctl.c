@@ -15,6 +15,7 @@
  *   sev-domctl check ASID SPA LEN
  *   sev-domctl read ASID SPA LEN     (sev=test only; prints the first 16 bytes)
  *   sev-domctl wbinvd
+ *   sev-domctl release DOMID        (after DECOMMISSION: drop the page references)
  *   sev-domctl balloon DOMID GFN    (XENMEM_decrease_reservation of one frame)
  *
  * Prints one line "SEV-<OP>: ..." per call; exit status 0 on success, 1 on a
@@ -241,6 +242,17 @@ static int do_wbinvd(void)
     return 0;
 }
 
+static int do_release_refs(domid_t domid)
+{
+    struct xen_domctl d = { .domain = domid };
+
+    d.u.sev_op.op = XEN_DOMCTL_SEV_RELEASE;
+    if ( sev_op(&d, "RELEASE") )
+        return 1;
+    printf("SEV-RELEASE: domid=%u ok\n", domid);
+    return 0;
+}
+
 /* Take one frame away from a domain, as a balloon driver or the toolstack would. */
 static int do_release(domid_t domid, uint64_t gfn)
 {
@@ -298,6 +310,8 @@ int main(int argc, char **argv)
         rc = do_flushed(argc - 2, argv + 2);
     else if ( !strcmp(argv[1], "wbinvd") && argc == 2 )
         rc = do_wbinvd();
+    else if ( !strcmp(argv[1], "release") && argc == 3 )
+        rc = do_release_refs(atoi(argv[2]));
     else if ( !strcmp(argv[1], "balloon") && argc == 4 )
         rc = do_release(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     else if ( !strcmp(argv[1], "check") && argc == 5 )
@@ -315,6 +329,6 @@ int main(int argc, char **argv)
  usage:
     fprintf(stderr, "usage: sev-domctl info | make DOMID [es] | ranges DOMID GFN NR"
             " | enable DOMID | flushed ASID... | check ASID SPA LEN | read ASID SPA LEN"
-            " | wbinvd | balloon DOMID GFN\n");
+            " | wbinvd | balloon DOMID GFN | release DOMID\n");
     return 2;
 }
