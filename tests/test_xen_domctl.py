@@ -184,8 +184,9 @@ def test_the_patch_defines_the_numbers_the_backend_uses():
     assert DEFINES["XEN_SEV_INFO_AVAILABLE"] == dc.SEV_INFO_AVAILABLE
     assert DEFINES["XEN_SEV_INFO_TEST_MODE"] == dc.SEV_INFO_TEST_MODE
     assert DEFINES["XEN_SEV_INFO_ES"] == dc.SEV_INFO_ES
-    subops = ["INFO", "MAKE_SEV", "GET_RANGES", "ENABLE", "ASID_FLUSHED", "CHECK_SPA", "WBINVD", "READ_SPA"]
-    assert sorted(DEFINES[f"XEN_DOMCTL_SEV_{n}"] for n in subops) == list(range(8))
+    subops = ["INFO", "MAKE_SEV", "GET_RANGES", "ENABLE", "ASID_FLUSHED", "CHECK_SPA", "WBINVD", "READ_SPA", "RELEASE"]
+    assert sorted(DEFINES[f"XEN_DOMCTL_SEV_{n}"] for n in subops) == list(range(9))
+    assert DEFINES["XEN_DOMCTL_SEV_RELEASE"] == dc.SEV_RELEASE
 
 
 def test_the_patch_keeps_the_domctl_interface_version():
@@ -416,6 +417,23 @@ def test_asids_flushed_bytes():
     assert seen == [[4, 6]]
     assert lib.calls[0][:24] == frame(0x7FF4, 4)
     assert struct.unpack_from("<II", lib.calls[0], 24) == (2, 0)
+
+
+def test_release_pages_bytes():
+    """RELEASE (after DECOMMISSION) names the domain, live or dead, and carries nothing else."""
+    lib = FakeXencall(lambda d: 0)
+    dc.DomctlXen(lib).release_pages(7)
+    assert lib.calls == [frame(7, 8) + bytes(120)]
+
+
+def test_release_pages_refused_says_release():
+    def refuse(d):
+        ffi.errno = errno.EINVAL
+        return -1
+
+    lib = FakeXencall(refuse)
+    with pytest.raises(HypervisorError, match="RELEASE for domain 7"):
+        dc.DomctlXen(lib).release_pages(7)
 
 
 def test_wbinvd_bytes():

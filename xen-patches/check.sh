@@ -123,6 +123,12 @@ if [ "${SEVD_SKIP_BOOT:-0}" != 1 ]; then
     need test 'SEV ASID 4 released, dirty until DF_FLUSH'
     need test 'SEV domain started before SEV was enabled'
     need test 'SEV domctl refused \(-16\): MAKE_SEV: the domain has already run'
+    need test 'SEV: XENMEM_decrease_reservation refused: an SEV domain'
+    need test 'SEV: XENMEM_set_pod_target refused: an SEV domain'
+    need test 'SEV: [0-9]+ page references kept until RELEASE \(after DECOMMISSION\)'
+    need test 'SEV: RELEASE dropped [0-9]+ page references'
+    need test 'SEV: save/restore/migration refused \(XENMEM_maximum_gpfn from another domain\)'
+    need test 'SEVD-CHECK ok: xl save of an SEV guest refused'
     need test 'SEVD-CHECK ok: python wbinvd_all \+ asids_flushed'
     need test 'SEV: READ_SPA refused: 0x100000 in \[0x100000, \+0x1000\) is not RAM of'
 fi

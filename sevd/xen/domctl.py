@@ -40,6 +40,7 @@ SEV_ASID_FLUSHED = 4
 SEV_CHECK_SPA = 5
 SEV_WBINVD = 6
 SEV_READ_SPA = 7  # sev=test only: guest memory for the PSP simulated in Dom0
+SEV_RELEASE = 8  # after DECOMMISSION: drop the page references GET_RANGES and CHECK_SPA took
 
 # Flags.
 SEV_FLAG_ES = 1 << 0  # XEN_DOMCTL_SEV_ES (MAKE_SEV)
@@ -402,6 +403,13 @@ class DomctlXen:
                 self._sev_op(DOMID_INVALID, SEV_ASID_FLUSHED, "ASID_FLUSHED", fill)
             finally:
                 self._free(buf)
+
+    def release_pages(self, domid: DomId) -> None:
+        """After the PSP's DECOMMISSION: Xen drops the page references GET_RANGES and CHECK_SPA took.
+
+        Until then those pages stay the domain's, even after it died (a dead SEV domain lingers), so the PSP
+        never writes a page with a new owner.  Idempotent."""
+        self._sev_op(domid, SEV_RELEASE, "RELEASE")
 
     def wbinvd_all_cpus(self) -> None:
         """WBINVD on every CPU.  The PSP's DEACTIVATE clears its record that WBINVD ran, so call this

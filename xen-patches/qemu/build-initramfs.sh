@@ -61,7 +61,7 @@ for m in xen-evtchn xen-privcmd xenfs/xenfs xen-gntdev xen-gntalloc; do
     esac
 done
 
-copy_with_libs "$root" $XENBIN/xenstored $XENBIN/xl $XENBIN/xen-init-dom0 $XENBIN/xenconsoled \
+copy_with_libs "$root" $XENBIN/xenstored $XENBIN/xl $XENBIN/xen-init-dom0 $XENBIN/xenconsoled $XENBIN/libxl-save-helper \
     /usr/bin/xenstore
 for t in read write ls list rm exists; do ln -sf xenstore "$root/usr/bin/xenstore-$t"; done
 mkdir -p "$root/etc/xen" && : > "$root/etc/xen/xl.conf"   # xl warns when it is missing

@@ -40,6 +40,8 @@ def main(domid: int) -> int:
     subprocess.run(["xl", "destroy", str(domid)], check=True)
     info = xen.info()
     check("ASID dirty after destroy", info.dirty == (4,), info.dirty)
+    xen.release_pages(domid)  # after DECOMMISSION: the dead domain's pinned pages go
+    check("release_pages", True, domid)
     xen.wbinvd_all_cpus()
     xen.asids_flushed([4])
     info = xen.info()

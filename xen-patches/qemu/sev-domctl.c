@@ -15,6 +15,8 @@
  *   sev-domctl check ASID SPA LEN
  *   sev-domctl read ASID SPA LEN     (sev=test only; prints the first 16 bytes)
  *   sev-domctl wbinvd
+ *   sev-domctl release DOMID        (after DECOMMISSION: drop the page references)
+ *   sev-domctl balloon DOMID GFN    (XENMEM_decrease_reservation of one frame)
  *
  * Prints one line "SEV-<OP>: ..." per call; exit status 0 on success, 1 on a
  * refusal (the line then says "error <errno name> (<n>)").
@@ -29,12 +31,14 @@
 
 #include "public/xen.h"
 #include "public/domctl.h"
+#include "public/memory.h"
 
 typedef struct xencall_handle xencall_handle;
 struct xentoollog_logger;
 xencall_handle *xencall_open(struct xentoollog_logger *logger, unsigned int open_flags);
 int xencall_close(xencall_handle *xcall);
 int xencall1(xencall_handle *xcall, unsigned int op, uint64_t arg1);
+int xencall2(xencall_handle *xcall, unsigned int op, uint64_t arg1, uint64_t arg2);
 void *xencall_alloc_buffer(xencall_handle *xcall, size_t size);
 void xencall_free_buffer(xencall_handle *xcall, void *p);
 
@@ -238,6 +242,47 @@ static int do_wbinvd(void)
     return 0;
 }
 
+static int do_release_refs(domid_t domid)
+{
+    struct xen_domctl d = { .domain = domid };
+
+    d.u.sev_op.op = XEN_DOMCTL_SEV_RELEASE;
+    if ( sev_op(&d, "RELEASE") )
+        return 1;
+    printf("SEV-RELEASE: domid=%u ok\n", domid);
+    return 0;
+}
+
+/* Take one frame away from a domain, as a balloon driver or the toolstack would. */
+static int do_release(domid_t domid, uint64_t gfn)
+{
+    struct xen_memory_reservation *r = xencall_alloc_buffer(xc, sizeof(*r));
+    xen_pfn_t *ext = xencall_alloc_buffer(xc, sizeof(*ext));
+    int rc;
+
+    if ( !r || !ext )
+    {
+        printf("SEV-BALLOON: error allocating a hypercall buffer\n");
+        return 2;
+    }
+    memset(r, 0, sizeof(*r));
+    *ext = gfn;
+    set_xen_guest_handle(r->extent_start, ext);
+    r->nr_extents = 1;
+    r->domid = domid;
+    rc = xencall2(xc, __HYPERVISOR_memory_op, XENMEM_decrease_reservation,
+                  (uint64_t)(uintptr_t)r);
+    if ( rc == 1 )
+        printf("SEV-BALLOON: domid=%u gfn=%#llx released\n", domid,
+               (unsigned long long)gfn);
+    else
+        printf("SEV-BALLOON: domid=%u gfn=%#llx refused (rc %d, %s)\n", domid,
+               (unsigned long long)gfn, rc, rc < 0 ? errname(errno) : "0 extents");
+    xencall_free_buffer(xc, ext);
+    xencall_free_buffer(xc, r);
+    return rc == 1 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     int rc = 2;
@@ -265,6 +310,10 @@ int main(int argc, char **argv)
         rc = do_flushed(argc - 2, argv + 2);
     else if ( !strcmp(argv[1], "wbinvd") && argc == 2 )
         rc = do_wbinvd();
+    else if ( !strcmp(argv[1], "release") && argc == 3 )
+        rc = do_release_refs(atoi(argv[2]));
+    else if ( !strcmp(argv[1], "balloon") && argc == 4 )
+        rc = do_release(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     else if ( !strcmp(argv[1], "check") && argc == 5 )
         rc = do_check(strtoul(argv[2], NULL, 0), strtoull(argv[3], NULL, 0),
                       strtoull(argv[4], NULL, 0));
@@ -280,6 +329,6 @@ int main(int argc, char **argv)
  usage:
     fprintf(stderr, "usage: sev-domctl info | make DOMID [es] | ranges DOMID GFN NR"
             " | enable DOMID | flushed ASID... | check ASID SPA LEN | read ASID SPA LEN"
-            " | wbinvd\n");
+            " | wbinvd | balloon DOMID GFN | release DOMID\n");
     return 2;
 }
