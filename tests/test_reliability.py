@@ -314,3 +314,30 @@ def test_the_simulated_xen_frees_a_destroyed_domains_memory(tmp_path):
         xen.destroy(domid)
         assert xen.cpu_read(ranges[0][0], 16) == bytes(16)  # scrubbed
     assert len(seen) < 40 * len(ranges)  # frames were reused
+
+
+def test_a_dead_sev_domains_pages_stay_pinned_until_release(tmp_path):
+    """xen-patches 0009: the pages named to the PSP keep their references after the domain dies, until RELEASE."""
+    from sevd_sim.host import SimulatedHost
+
+    host = SimulatedHost.create(tmp_path / "host", memory_size=64 << 20)
+    xen = SimulatedXen(host.root)
+    domid = xen.create_domain("sev", 4, IMAGE)
+    xen.make_sev_domain(domid, es=False)
+    (spa, _), *_ = xen.boot_image_ranges(domid)
+    xen.destroy(domid)
+    assert xen.pinned_domains() == [domid]
+    assert xen.cpu_read(spa, 16) == IMAGE[:16]  # not freed, so not scrubbed
+    xen.release_pages(domid)
+    xen.release_pages(domid)  # idempotent
+    assert xen.pinned_domains() == [] and xen.cpu_read(spa, 16) == bytes(16)
+
+
+def test_sevd_releases_a_destroyed_guests_pages_after_decommission(host):
+    host.start_daemon()
+    domid = host.toolstack.create("released", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "running") == "running"
+    host.toolstack.destroy(domid)
+    wait_for(lambda: host.xs.read(proto.guest_path(domid)) is None, 30, "the decommission")
+    wait_for(lambda: SimulatedXen(host.root).pinned_domains() == [], 10, "the pages released")

@@ -659,6 +659,8 @@ class Daemon:
                 self._requests.pop(domid, None)
             case Forget():
                 if p.record is not None:
+                    if p.record.asid:  # an SEV domain: its PSP context is gone, so Xen may free its pages
+                        self._release_pages(p)
                     self.records.delete(domid)
                     self.log.info("domain %d gone: decommissioned", domid, extra=self._fields(p.record))
                 self.xs.rm(proto.guest_path(domid))
@@ -835,6 +837,14 @@ class Daemon:
                 self._journal(p, action.step)
             else:
                 self._perform(p, action)
+
+    def _release_pages(self, p: _Pass) -> None:
+        """RELEASE after DECOMMISSION: the dead domain's pages were pinned so the PSP never wrote a page with a
+        new owner; now Xen may free them.  A refusal is logged: the pages stay pinned (no harm, only memory)."""
+        try:
+            self.hv.release_pages(p.domid)
+        except HypervisorError as exc:
+            self.log.warning("domain %d: Xen refused to release its pages: %s", p.domid, exc)
 
     def _release_flush(self, p: _Pass) -> None:
         """The guest's memory is released while the domain lives (a failed launch, a destroy command): flush the

@@ -91,6 +91,11 @@ class Hypervisor(Protocol):
         line written through one key is invisible to, and later overwrites, what the PSP does under another."""
         ...
 
+    def release_pages(self, domid: DomId) -> None:
+        """After DECOMMISSION: Xen drops the references it took on the pages named to the PSP (GET_RANGES,
+        CHECK_SPA); until then a dead SEV domain's pages stay its own.  Idempotent."""
+        ...
+
     def asids_flushed(self, asids: list[Asid]) -> None:
         """The daemon's DF_FLUSH made these ASIDs clean: Xen may hand them out again."""
         ...

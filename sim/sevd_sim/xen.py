@@ -198,12 +198,37 @@ class SimulatedXen:
             self._flush_cache(None)
             if self.psp_wbinvd is not None:
                 self.psp_wbinvd()
-        # Then Xen scrubs the domain's pages and returns them to its heap: the next domains are built from them.
-        freed = [*dom["frame_runs"], *([mfn, 1] for mfn in dom.get("vmsa_frames", []))]
-        _scrub(self.host / "memory.img", freed)
+        frames = [*dom["frame_runs"], *([mfn, 1] for mfn in dom.get("vmsa_frames", []))]
+        if dom["sev"]:
+            # The pages named to the PSP stay referenced (pinned) until sevd's RELEASE after DECOMMISSION: the
+            # dead domain lingers, so the PSP never writes a page that has a new owner (xen-patches 0009).
+            with self._locked():
+                state = self._load()
+                state.setdefault("pinned", {})[str(domid)] = frames
+                self._save(state)
+            return
+        self._free(frames)
+
+    def release_pages(self, domid: DomId) -> None:
+        """RELEASE: drop the references a dead SEV domain's pages held; Xen then frees them.  Idempotent; a
+        live domain keeps its memory."""
         with self._locked():
             state = self._load()
-            state.setdefault("free_runs", []).extend(freed)
+            frames = state.get("pinned", {}).pop(str(domid), None)
+            self._save(state)
+        if frames is not None:
+            self._free(frames)
+
+    def pinned_domains(self) -> list[DomId]:
+        """Dead SEV domains whose pages are still referenced (RELEASE not yet asked)."""
+        return [DomId(int(d)) for d in self._load().get("pinned", {})]
+
+    def _free(self, frames: list[list[int]]) -> None:
+        """Xen scrubs the pages and returns them to its heap: the next domains are built from them."""
+        _scrub(self.host / "memory.img", frames)
+        with self._locked():
+            state = self._load()
+            state.setdefault("free_runs", []).extend(frames)
             self._save(state)
 
     def domains(self) -> dict[int, dict[str, Any]]:
