@@ -3,6 +3,7 @@ mid-launch, teardown failures, a second daemon, secrets left behind (issue "Reli
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -184,6 +185,7 @@ def test_an_es_guest_is_bounded_by_the_vcpus_xen_allows(tmp_path):
 
 # Run first in the daemon's process: DECOMMISSION answers HWERROR_PLATFORM while the flag file exists.
 FAILING_DECOMMISSION = """
+import base64
 import os
 from sevd.abi.status import HwerrorPlatform
 from sevd.guest import GuestCommands
@@ -314,3 +316,112 @@ def test_the_simulated_xen_frees_a_destroyed_domains_memory(tmp_path):
         xen.destroy(domid)
         assert xen.cpu_read(ranges[0][0], 16) == bytes(16)  # scrubbed
     assert len(seen) < 40 * len(ranges)  # frames were reused
+
+
+# -- break 7: errors that name the right cause, in one line, never with a secret ----------------------------------
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+needs_ovmf = pytest.mark.skipif(not os.path.exists("/usr/share/ovmf/OVMF.fd"), reason="Debian's ovmf package")
+
+
+def xl_sev(config, *args, timeout=120):
+    argv = [str(BIN / "xl-sev"), "--config", str(config), *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def sev_cfg(tmp_path, name):
+    with open(os.path.join(EXAMPLES, "sev-guest.cfg")) as f:
+        text = f.read().replace('name = "sev-guest"', f'name = "{name}"')
+    path = tmp_path / f"{name}.cfg"
+    path.write_text(text)
+    return path
+
+
+def test_inject_secret_outside_the_guests_memory_names_xens_reason(host, tmp_path):
+    host.start_daemon()
+    domid = host.toolstack.create("gpa", 4, IMAGE)
+    host.request(domid, attest=True)
+    assert host.wait_state(domid, "measured") == "measured"
+    (tmp_path / "header").write_bytes(bytes(0x34))
+    (tmp_path / "secret").write_bytes(bytes(32))
+    proc = xl_sev(
+        host.root / "sevd.toml", "inject-secret", domid, "--header", tmp_path / "header",
+        "--secret", tmp_path / "secret", "--gpa", "0x40000000",
+    )  # fmt: skip
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stderr.strip().splitlines() == [
+        f"error: domain {domid}: XEN_ERROR: [0x40000000, +0x20) is outside its memory"
+    ], proc.stderr
+    assert host.xs.read(proto.guest_path(domid, "secret")) is None
+    assert host.state(domid) == "measured"
+
+
+@needs_ovmf
+def test_a_secret_of_0x5000_bytes_travels_in_pieces_and_is_injected(host, tmp_path):
+    host.start_daemon()
+    secret = tmp_path / "big.bin"
+    secret.write_bytes(os.urandom(0x5000))
+    proc = xl_sev(
+        host.root / "sevd.toml", "create", sev_cfg(tmp_path, "big"), "--attest", tmp_path / "o", "--secret", secret
+    )
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert f"secret ({0x5000} bytes" in proc.stdout
+    packaged = (tmp_path / "o" / "packaged_secret.bin").read_bytes()
+    for text in (proc.stdout, proc.stderr, host.logs()):
+        assert base64.b64encode(packaged[:48]).decode()[:32] not in text
+
+
+def test_a_secret_packet_fits_xenstores_payload_whatever_its_size():
+    for size in (16, proto.SECRET_PIECE, proto.SECRET_PIECE + 16, 0x5000):
+        packet = proto.SecretPacket(bytes(0x34), os.urandom(size), 0x1000)
+        nodes = packet.to_nodes()
+        assert all(len(proto.guest_path(32767, "secret", k)) + 1 + len(v) <= 4096 for k, v in nodes.items())
+        assert proto.SecretPacket.parse(nodes) == packet
+    nodes = proto.SecretPacket(bytes(0x34), bytes(0x5000), 0x1000).to_nodes()
+    del nodes["data-3"]
+    with pytest.raises(InputError, match="secret/data-3: missing"):
+        proto.SecretPacket.parse(nodes)
+
+
+def test_an_oversized_xenstore_value_is_refused_without_echoing_it(host):
+    from sevd.xen.xsclient import XenstoreError
+
+    with pytest.raises(XenstoreError) as exc:
+        host.xs.write("/sevd/x", "S3CRET" * 1000)
+    assert "S3CRET" not in str(exc.value) and "4096" in str(exc.value)
+
+
+@needs_ovmf
+def test_a_config_naming_a_missing_simulated_host_says_so_in_one_line(host, tmp_path):
+    host.start_daemon()
+    config = tmp_path / "sevd.toml"
+    text = (host.root / "sevd.toml").read_text()
+    config.write_text(text.replace(f'path = "{host.root}"', f'path = "{tmp_path / "gone"}"'))
+    proc = xl_sev(config, "create", sev_cfg(tmp_path, "nohost"))
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    gone = tmp_path / "gone" / "psp"
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {config}: [hypervisor] path: {gone}: no simulated PSP here (create the simulated host first)"
+    ], proc.stderr
+
+
+def test_messages_do_not_repeat_their_prefix():
+    from sevd.cli.owner import parse_policy
+
+    with pytest.raises(InputError) as exc:
+        parse_policy("zz")
+    assert str(exc.value).startswith("--policy: unknown flag 'zz'"), exc.value
+
+
+@needs_ovmf
+def test_a_bad_secret_is_refused_before_any_file_is_written(host, tmp_path):
+    host.start_daemon()
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(bytes(17))
+    proc = xl_sev(
+        host.root / "sevd.toml", "create", sev_cfg(tmp_path, "odd"), "--attest", tmp_path / "o", "--secret", odd
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "length 17" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    assert host.toolstack.xen.domains() == {}

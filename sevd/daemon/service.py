@@ -141,6 +141,11 @@ def _failure(err: Exception) -> tuple[str, str]:
     return f"DEVICE_{errno.errorcode.get(code, code)}", str(err)
 
 
+def _unprefixed(domid: DomId, message: str) -> str:
+    """A message for the guest's own summary and log line, which name the domain already."""
+    return message.removeprefix(f"domain {domid}: ")
+
+
 def _clean(error: str) -> str:
     """The core's "NAME: message" as the summary may hold it (one line of printable ASCII)."""
     name, _, message = error.partition(": ")
@@ -629,6 +634,7 @@ class Daemon:
                     self.log.error("domain %d: teardown failed: %s", domid, exc, extra=self._fields(p.record))
             case MarkFailed(name=name, message=message):
                 assert p.record is not None
+                message = _unprefixed(domid, message)
                 self.log.error(
                     "domain %d: launch failed: %s: %s", domid, name, message, extra=self._fields(p.record, name)
                 )
@@ -952,8 +958,9 @@ class Daemon:
             name = err.name if isinstance(err, FirmwareError) else "XEN_ERROR"
             p.record = dataclasses.replace(p.record, pending=None)
             self.records.save(p.record)
-            error = proto.error_text(name, str(err))
-            self.log.warning("domain %d: %s", rec.domid, err, extra=self._fields(rec, name))
+            message = _unprefixed(rec.domid, str(err))
+            error = proto.error_text(name, message)
+            self.log.warning("domain %d: %s", rec.domid, message, extra=self._fields(rec, name))
         finally:
             self.xs.rm(f"{base}/secret")  # secrets are transient: never left behind
         step = p.record.step if p.record.step in PUBLISHED_STEPS else None

@@ -57,6 +57,8 @@ def create_guest(
 ) -> dict[str, Any]:
     """Create and launch `guest`; what `create --json` prints: domid, name, sev, state and, for an SEV guest,
     measurement, handle and asid.  On failure the domain is destroyed and the error says so."""
+    # The secret is checked before anything is written: the owner's files, the domain.
+    secret = read_secret(options.secret_path, options.owner_dir) if options.owner_dir is not None else None
     image: bytes | None = None
     if guest.sev:  # the measured bytes; a toolstack that loads a plain guest's image reads it itself
         xlcfg.check_image(guest.image, guest.memory_mb)
@@ -67,10 +69,8 @@ def create_guest(
         ts = open_toolstack(config, xs)
         waiter = Waiter(xs)
         owner = LocalOwner(options.owner_dir) if options.owner_dir is not None else None
-        secret: tuple[bytes, str] | None = None
         if owner is not None:
             owner.prepare(config, guest, reporter)
-            secret = read_secret(options.secret_path, owner.directory)
         domid = ts.create(guest, image)
         reporter.line(f"domain {guest.name}: domid {domid}, created paused")
         try:

@@ -494,6 +494,11 @@ SUMMARY = Layout(
 SUMMARY.check(GuestSummary)
 
 
+# The ciphertext's bytes per node: 2048 are 2732 characters of base64, well within xenstore's 4096-byte payload
+# (XENSTORE_PAYLOAD_MAX, which holds the path too), so a secret of SECRET_MAX_LEN travels in 10 nodes.
+SECRET_PIECE = 2048
+
+
 @dataclasses.dataclass(frozen=True)
 class SecretPacket:
     """The nodes `secret/{header,data,gpa}`: the owner's packet for LAUNCH_SECRET, written in one transaction."""
@@ -504,10 +509,30 @@ class SecretPacket:
 
     @classmethod
     def parse(cls, nodes: Mapping[str, str]) -> SecretPacket:
-        return cls(**SECRET.decode(nodes))
+        """The packet from its nodes, the ciphertext joined again from `data`, `data-1`, ... (SECRET_PIECE each)."""
+        more = [key for key in nodes if key.startswith("data-")]
+        if not more:
+            return cls(**SECRET.decode(nodes))
+        keys = ["data", *(f"data-{i}" for i in range(1, len(more) + 1))]
+        pieces = []
+        for key in keys:
+            if key not in nodes:
+                raise InputError(f"{SECRET.name(key)}: missing (the ciphertext's pieces are {', '.join(keys)})")
+            piece = _b64(SECRET.name(key), nodes[key], max_size=SECRET_PIECE)
+            if key != keys[-1] and len(piece) != SECRET_PIECE:
+                raise InputError(f"{SECRET.name(key)}: must decode to {SECRET_PIECE} bytes (all but the last)")
+            pieces.append(piece)
+        joined = {key: value for key, value in nodes.items() if key not in keys}
+        joined["data"] = base64.b64encode(b"".join(pieces)).decode()
+        return cls(**SECRET.decode(joined))
 
     def to_nodes(self) -> dict[str, str]:
-        return SECRET.encode(self)
+        """The nodes under `secret/`: a ciphertext longer than SECRET_PIECE goes in pieces, `data` then `data-1`, ...
+        (one node's value must fit in xenstore's 4096-byte payload)."""
+        nodes = SECRET.encode(dataclasses.replace(self, data=self.data[:SECRET_PIECE]))
+        for i in range(1, -(-len(self.data) // SECRET_PIECE)):
+            nodes[f"data-{i}"] = base64.b64encode(self.data[i * SECRET_PIECE : (i + 1) * SECRET_PIECE]).decode()
+        return nodes
 
 
 SECRET = Layout(
