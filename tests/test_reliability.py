@@ -425,3 +425,28 @@ def test_a_bad_secret_is_refused_before_any_file_is_written(host, tmp_path):
     assert "length 17" in proc.stderr
     assert not (tmp_path / "o").exists()
     assert host.toolstack.xen.domains() == {}
+
+
+# -- break 8: SIGTERM or SIGHUP during create destroys the half-made domain, as Ctrl-C does -----------------------
+
+
+@needs_ovmf
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_during_create_destroys_the_half_made_domain(tmp_path, sig):
+    h = Harness(tmp_path / "host")
+    try:
+        flag, _ = _held_daemon(h, "after:LAUNCH_UPDATE_DATA")
+        argv = [str(BIN / "xl-sev"), "--config", str(h.root / "sevd.toml"), "create", str(sev_cfg(tmp_path, "sig"))]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(flag.exists, 30, "the launch under way")
+        assert Platform(h.host.client()).status().guests == 1  # a handle, an ASID
+        proc.send_signal(sig)
+        time.sleep(0.2)
+        flag.unlink()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, (out, err)
+        assert err.strip().splitlines()[-1] == f"error: {sig.name}: launch interrupted (domain sig destroyed)", err
+        assert h.toolstack.xen.domains() == {}
+        wait_for(lambda: Platform(h.host.client()).status().guests == 0, 30, "the PSP context released")
+    finally:
+        h.close()
