@@ -450,3 +450,103 @@ def test_a_signal_during_create_destroys_the_half_made_domain(tmp_path, sig):
         wait_for(lambda: Platform(h.host.client()).status().guests == 0, 30, "the PSP context released")
     finally:
         h.close()
+
+
+# -- break 9: protocol loose ends ----------------------------------------------------------------------------------
+
+
+def test_a_hex_generation_survives_a_restart(host):
+    host.start_daemon()
+    domid = host.toolstack.create("hexgen", 4, IMAGE)
+    host.request(domid)
+    text = host.xs.read(proto.guest_path(domid, "request")).replace("generation=1 ", "generation=0x1 ")
+    host.xs.write(proto.guest_path(domid, "request"), text)  # before the daemon took it: one request
+    assert host.wait_state(domid, "running") == "running"
+    host.stop_daemon()
+    host.start_daemon()
+    poke(host, domid)
+    time.sleep(0.5)
+    assert host.state(domid) == "running" and host.field(domid, "error") is None, host.summary(domid)
+
+
+def test_a_new_generation_after_destroy_is_refused_when_the_image_was_encrypted(host):
+    host.start_daemon()
+    domid = host.toolstack.create("again", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "running") == "running"
+    host.xs.write(proto.guest_path(domid, "command"), "destroy")
+    assert host.wait_state(domid, "destroyed") == "destroyed"
+    text = host.xs.read(proto.guest_path(domid, "request")).replace("generation=1 ", "generation=2 ")
+    host.xs.write(proto.guest_path(domid, "request"), text)
+    error = wait_for(lambda: host.field(domid, "ack") == "2" and host.field(domid, "error"), 10, "the refusal")
+    assert error.startswith("INVALID_REQUEST:") and "encrypted by an earlier launch" in error, error
+    assert Platform(host.host.client()).status().guests == 0  # no LAUNCH_START
+    host.toolstack.destroy(domid)  # the domain goes: so does its record
+    wait_for(lambda: not journal_handles(host) and RecordStore(host.root / "sevd-state").load(domid) is None, 10)
+
+
+# Run first in the daemon's process: LAUNCH_START answers HWERROR_PLATFORM.
+FAILING_LAUNCH_START = """
+from sevd.abi.status import HwerrorPlatform
+from sevd.guest import GuestCommands
+def launch_start(self, *args, **kwargs):
+    raise HwerrorPlatform("LAUNCH_START")
+GuestCommands.launch_start = launch_start
+"""
+
+
+def test_a_failed_launch_keeps_no_step_in_flight(host):
+    host.start_daemon(prelude=FAILING_LAUNCH_START)
+    domid = host.toolstack.create("fails", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "error") == "error"
+    record = RecordStore(host.root / "sevd-state").load(domid)
+    assert record is not None and record.pending is None, record
+    host.stop_daemon()
+    before = len(host.logs())
+    host.start_daemon()
+    assert "recovering step" not in host.logs()[before:]
+    assert host.field(domid, "error").startswith("HWERROR_PLATFORM"), host.field(domid, "error")
+
+
+def test_a_summary_written_by_recovery_keeps_the_name(host):
+    host.start_daemon({"SEVD_FAULT": "after:LAUNCH_UPDATE_DATA"})
+    domid = host.toolstack.create("named", 4, IMAGE)
+    host.request(domid)
+    wait_for(lambda: host.daemon.poll() is not None, 30, "the crash")
+    host.daemon = None
+    host.start_daemon()
+    assert host.wait_state(domid, "error") == "error"
+    assert host.field(domid, "name") == "named", host.summary(domid)
+
+
+def test_an_unparsable_request_is_logged_once(host):
+    host.start_daemon()
+    domid = host.toolstack.create("junk", 4, IMAGE)
+    host.xs.write(proto.guest_path(domid, "request"), "v=1 no-generation-here")
+    wait_for(lambda: host.field(domid, "error"), 10, "the refusal")
+    for _ in range(5):
+        poke(host, domid)
+    time.sleep(0.5)
+    assert host.logs().count("request refused") == 1, host.logs()[-2000:]
+
+
+def test_removing_sevd_from_xenstore_is_noticed_and_repaired(host):
+    host.start_daemon()
+    domid = host.toolstack.create("rm", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "running") == "running"
+    host.xs.rm(proto.ROOT)
+    wait_for(lambda: host.xs.read(proto.DAEMON_READY) == "1", 10, "the daemon's nodes again")
+    assert host.wait_state(domid, "running", timeout=10) == "running"
+    assert host.field(domid, "name") == "rm"
+    assert host.xs.read(f"{proto.PLATFORM}/guests") == "1"
+    assert host.xs.client.get_perms(proto.ROOT.encode()) == [b"n0"]
+
+
+def test_a_command_without_a_request_is_answered(host):
+    host.start_daemon()
+    domid = host.toolstack.create("bare", 4, IMAGE)
+    host.xs.write(proto.guest_path(domid, "command"), "finish")
+    wait_for(lambda: host.xs.read(proto.guest_path(domid, "command")) is None, 10, "the answer")
+    assert host.field(domid, "error").startswith("INVALID_REQUEST: finish needs a launch"), host.summary(domid)

@@ -65,7 +65,7 @@ ERROR_MAX = 1024  # the summary's `error`, in characters
 _HEX_OR_DEC = re.compile(r"^(0x[0-9a-fA-F]{1,16}|[0-9]{1,20})$")
 _API = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}$")
 _NAME = re.compile(r"^[!-~]{1,64}$")  # a domain name as a value: printable ASCII, no space
-_GENERATION = re.compile(r"(?:^| )generation=([0-9]{1,19})(?= |$)")
+_GENERATION = re.compile(r"(?:^| )generation=(0x[0-9a-fA-F]{1,16}|[0-9]{1,20})(?= |$)")
 
 
 def parse_pairs(node: str, text: str, last: str | None = None) -> dict[str, str]:
@@ -120,10 +120,15 @@ class Codec(Generic[T]):
     format: Callable[[T], str]
 
 
+def _number(text: str) -> int:
+    """A decimal (leading zeros allowed) or 0x-hex integer that _HEX_OR_DEC matched."""
+    return int(text, 16) if text.startswith("0x") else int(text, 10)
+
+
 def _int(name: str, text: str, lo: int, hi: int) -> int:
     if not _HEX_OR_DEC.match(text):
         raise InputError(f"{name}: {text[:32]!r} is not a decimal or 0x-hex integer")
-    value = int(text, 0)
+    value = _number(text)
     if not lo <= value <= hi:
         raise InputError(f"{name}: {value} is outside {lo}..{hi}")
     return value
@@ -348,9 +353,9 @@ class Layout:
 def request_generation(text: str) -> int | None:
     """The generation of a request node, found even in one refused for another reason (so sevd can ack it)."""
     match = _GENERATION.search(text)
-    if match is None or not 1 <= int(match.group(1)) <= 2**63:
+    if match is None or not 1 <= _number(match.group(1)) <= 2**63:  # as the request's codec reads it
         return None
-    return int(match.group(1))
+    return _number(match.group(1))
 
 
 # -- the messages ---------------------------------------------------------------------------------------------
