@@ -15,6 +15,7 @@ from sevd.launch import (
     NOT_ASKED,
     RECOVERY,
     TRANSITIONS,
+    Amend,
     Answer,
     BadCommand,
     Command,
@@ -82,6 +83,7 @@ EXPECTED_TRANSITIONS = {
     (E, "DEACTIVATE"): E,
     (E, "DECOMMISSION"): E,
     (E, "destroy"): D,
+    (D, "destroy"): D,  # the record stays until the domain dies: its image may be encrypted
 }
 
 # The firmware's guest state machine (SEV API 55766; sev-api-facts.md §2) for the firmware commands the
@@ -477,3 +479,39 @@ def test_next_step_asks_for_the_layout_only_when_it_matters():
     assert next_step(record(step=Step.LAUNCH_UPDATE_DATA, ranges_done=3), Layout(3, 2)) == Step.LAUNCH_MEASURE
     es = record(step=Step.LAUNCH_UPDATE_DATA, ranges_done=3, es=True)
     assert next_step(es, Layout(3, 2)) == Step.LAUNCH_UPDATE_VMSA
+
+
+# -- what follows a launch: destroyed, failed, unanswered ---------------------------------------------------
+
+
+def test_a_new_request_for_a_domain_whose_image_was_encrypted_is_refused():
+    rec = record(state=GuestState.DESTROYED, ranges_done=3)
+    actions = decide(rec, Request(2, launch=LAUNCH), None, True, published=Published(GuestState.DESTROYED, 1))
+    assert [type(a) for a in actions] == [Amend] and actions[0].ack == 2
+    assert "encrypted by an earlier launch" in actions[0].error
+    assert decide(rec, Request(2, launch=LAUNCH), None, True, published=Published(GuestState.DESTROYED, 2)) == []
+
+
+def test_a_new_request_for_a_domain_destroyed_before_its_image_was_touched_launches():
+    rec = record(state=GuestState.DESTROYED, step=Step.ACTIVATE)
+    (start,) = decide(rec, Request(2, launch=LAUNCH), None, True, published=Published(GuestState.DESTROYED, 1))
+    assert isinstance(start, Start) and start.record.generation == 1 and start.record.pending == Step.MAKE_SEV
+
+
+def test_the_image_counts_as_encrypted_from_the_record_naming_launch_update_data_in_flight():
+    rec = record(state=GuestState.LAUNCHING, step=Step.ACTIVATE, asid=ASID, handle=1)
+    done = complete(rec, Step.SEV_ENABLE)
+    assert done.pending == Step.LAUNCH_UPDATE_DATA and done.encrypted
+    assert not rec.encrypted
+
+
+def test_a_command_without_a_launch_is_answered():
+    assert decide(None, None, Command.FINISH, True) == [
+        Answer(error="INVALID_REQUEST: finish needs a launch, and sevd has taken no request")
+    ]
+    refused = decide(None, Request(None, problem="bad"), Command.INJECT_SECRET, True)
+    assert [type(a) for a in refused] == [Refuse, Answer]
+
+
+def test_a_request_refused_before_is_not_refused_again():
+    assert decide(None, Request(None, problem="bad", seen=True), None, True) == []

@@ -3,6 +3,7 @@ mid-launch, teardown failures, a second daemon, secrets left behind (issue "Reli
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -184,6 +185,7 @@ def test_an_es_guest_is_bounded_by_the_vcpus_xen_allows(tmp_path):
 
 # Run first in the daemon's process: DECOMMISSION answers HWERROR_PLATFORM while the flag file exists.
 FAILING_DECOMMISSION = """
+import base64
 import os
 from sevd.abi.status import HwerrorPlatform
 from sevd.guest import GuestCommands
@@ -341,3 +343,237 @@ def test_sevd_releases_a_destroyed_guests_pages_after_decommission(host):
     host.toolstack.destroy(domid)
     wait_for(lambda: host.xs.read(proto.guest_path(domid)) is None, 30, "the decommission")
     wait_for(lambda: SimulatedXen(host.root).pinned_domains() == [], 10, "the pages released")
+
+
+# -- break 7: errors that name the right cause, in one line, never with a secret ----------------------------------
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+needs_ovmf = pytest.mark.skipif(not os.path.exists("/usr/share/ovmf/OVMF.fd"), reason="Debian's ovmf package")
+
+
+def xl_sev(config, *args, timeout=120):
+    argv = [str(BIN / "xl-sev"), "--config", str(config), *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def sev_cfg(tmp_path, name):
+    with open(os.path.join(EXAMPLES, "sev-guest.cfg")) as f:
+        text = f.read().replace('name = "sev-guest"', f'name = "{name}"')
+    path = tmp_path / f"{name}.cfg"
+    path.write_text(text)
+    return path
+
+
+def test_inject_secret_outside_the_guests_memory_names_xens_reason(host, tmp_path):
+    host.start_daemon()
+    domid = host.toolstack.create("gpa", 4, IMAGE)
+    host.request(domid, attest=True)
+    assert host.wait_state(domid, "measured") == "measured"
+    (tmp_path / "header").write_bytes(bytes(0x34))
+    (tmp_path / "secret").write_bytes(bytes(32))
+    proc = xl_sev(
+        host.root / "sevd.toml", "inject-secret", domid, "--header", tmp_path / "header",
+        "--secret", tmp_path / "secret", "--gpa", "0x40000000",
+    )  # fmt: skip
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stderr.strip().splitlines() == [
+        f"error: domain {domid}: XEN_ERROR: [0x40000000, +0x20) is outside its memory"
+    ], proc.stderr
+    assert host.xs.read(proto.guest_path(domid, "secret")) is None
+    assert host.state(domid) == "measured"
+
+
+@needs_ovmf
+def test_a_secret_of_0x5000_bytes_travels_in_pieces_and_is_injected(host, tmp_path):
+    host.start_daemon()
+    secret = tmp_path / "big.bin"
+    secret.write_bytes(os.urandom(0x5000))
+    proc = xl_sev(
+        host.root / "sevd.toml", "create", sev_cfg(tmp_path, "big"), "--attest", tmp_path / "o", "--secret", secret
+    )
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert f"secret ({0x5000} bytes" in proc.stdout
+    packaged = (tmp_path / "o" / "packaged_secret.bin").read_bytes()
+    for text in (proc.stdout, proc.stderr, host.logs()):
+        assert base64.b64encode(packaged[:48]).decode()[:32] not in text
+
+
+def test_a_secret_packet_fits_xenstores_payload_whatever_its_size():
+    for size in (16, proto.SECRET_PIECE, proto.SECRET_PIECE + 16, 0x5000):
+        packet = proto.SecretPacket(bytes(0x34), os.urandom(size), 0x1000)
+        nodes = packet.to_nodes()
+        assert all(len(proto.guest_path(32767, "secret", k)) + 1 + len(v) <= 4096 for k, v in nodes.items())
+        assert proto.SecretPacket.parse(nodes) == packet
+    nodes = proto.SecretPacket(bytes(0x34), bytes(0x5000), 0x1000).to_nodes()
+    del nodes["data-3"]
+    with pytest.raises(InputError, match="secret/data-3: missing"):
+        proto.SecretPacket.parse(nodes)
+
+
+def test_an_oversized_xenstore_value_is_refused_without_echoing_it(host):
+    from sevd.xen.xsclient import XenstoreError
+
+    with pytest.raises(XenstoreError) as exc:
+        host.xs.write("/sevd/x", "S3CRET" * 1000)
+    assert "S3CRET" not in str(exc.value) and "4096" in str(exc.value)
+
+
+@needs_ovmf
+def test_a_config_naming_a_missing_simulated_host_says_so_in_one_line(host, tmp_path):
+    host.start_daemon()
+    config = tmp_path / "sevd.toml"
+    text = (host.root / "sevd.toml").read_text()
+    config.write_text(text.replace(f'path = "{host.root}"', f'path = "{tmp_path / "gone"}"'))
+    proc = xl_sev(config, "create", sev_cfg(tmp_path, "nohost"))
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    gone = tmp_path / "gone" / "psp"
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {config}: [hypervisor] path: {gone}: no simulated PSP here (create the simulated host first)"
+    ], proc.stderr
+
+
+def test_messages_do_not_repeat_their_prefix():
+    from sevd.cli.owner import parse_policy
+
+    with pytest.raises(InputError) as exc:
+        parse_policy("zz")
+    assert str(exc.value).startswith("--policy: unknown flag 'zz'"), exc.value
+
+
+@needs_ovmf
+def test_a_bad_secret_is_refused_before_any_file_is_written(host, tmp_path):
+    host.start_daemon()
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(bytes(17))
+    proc = xl_sev(
+        host.root / "sevd.toml", "create", sev_cfg(tmp_path, "odd"), "--attest", tmp_path / "o", "--secret", odd
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "length 17" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    assert host.toolstack.xen.domains() == {}
+
+
+# -- break 8: SIGTERM or SIGHUP during create destroys the half-made domain, as Ctrl-C does -----------------------
+
+
+@needs_ovmf
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_during_create_destroys_the_half_made_domain(tmp_path, sig):
+    h = Harness(tmp_path / "host")
+    try:
+        flag, _ = _held_daemon(h, "after:LAUNCH_UPDATE_DATA")
+        argv = [str(BIN / "xl-sev"), "--config", str(h.root / "sevd.toml"), "create", str(sev_cfg(tmp_path, "sig"))]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(flag.exists, 30, "the launch under way")
+        assert Platform(h.host.client()).status().guests == 1  # a handle, an ASID
+        proc.send_signal(sig)
+        time.sleep(0.2)
+        flag.unlink()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, (out, err)
+        assert err.strip().splitlines()[-1] == f"error: {sig.name}: launch interrupted (domain sig destroyed)", err
+        assert h.toolstack.xen.domains() == {}
+        wait_for(lambda: Platform(h.host.client()).status().guests == 0, 30, "the PSP context released")
+    finally:
+        h.close()
+
+
+# -- break 9: protocol loose ends ----------------------------------------------------------------------------------
+
+
+def test_a_hex_generation_survives_a_restart(host):
+    host.start_daemon()
+    domid = host.toolstack.create("hexgen", 4, IMAGE)
+    host.request(domid)
+    text = host.xs.read(proto.guest_path(domid, "request")).replace("generation=1 ", "generation=0x1 ")
+    host.xs.write(proto.guest_path(domid, "request"), text)  # before the daemon took it: one request
+    assert host.wait_state(domid, "running") == "running"
+    host.stop_daemon()
+    host.start_daemon()
+    poke(host, domid)
+    time.sleep(0.5)
+    assert host.state(domid) == "running" and host.field(domid, "error") is None, host.summary(domid)
+
+
+def test_a_new_generation_after_destroy_is_refused_when_the_image_was_encrypted(host):
+    host.start_daemon()
+    domid = host.toolstack.create("again", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "running") == "running"
+    host.xs.write(proto.guest_path(domid, "command"), "destroy")
+    assert host.wait_state(domid, "destroyed") == "destroyed"
+    text = host.xs.read(proto.guest_path(domid, "request")).replace("generation=1 ", "generation=2 ")
+    host.xs.write(proto.guest_path(domid, "request"), text)
+    error = wait_for(lambda: host.field(domid, "ack") == "2" and host.field(domid, "error"), 10, "the refusal")
+    assert error.startswith("INVALID_REQUEST:") and "encrypted by an earlier launch" in error, error
+    assert Platform(host.host.client()).status().guests == 0  # no LAUNCH_START
+    host.toolstack.destroy(domid)  # the domain goes: so does its record
+    wait_for(lambda: not journal_handles(host) and RecordStore(host.root / "sevd-state").load(domid) is None, 10)
+
+
+# Run first in the daemon's process: LAUNCH_START answers HWERROR_PLATFORM.
+FAILING_LAUNCH_START = """
+from sevd.abi.status import HwerrorPlatform
+from sevd.guest import GuestCommands
+def launch_start(self, *args, **kwargs):
+    raise HwerrorPlatform("LAUNCH_START")
+GuestCommands.launch_start = launch_start
+"""
+
+
+def test_a_failed_launch_keeps_no_step_in_flight(host):
+    host.start_daemon(prelude=FAILING_LAUNCH_START)
+    domid = host.toolstack.create("fails", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "error") == "error"
+    record = RecordStore(host.root / "sevd-state").load(domid)
+    assert record is not None and record.pending is None, record
+    host.stop_daemon()
+    before = len(host.logs())
+    host.start_daemon()
+    assert "recovering step" not in host.logs()[before:]
+    assert host.field(domid, "error").startswith("HWERROR_PLATFORM"), host.field(domid, "error")
+
+
+def test_a_summary_written_by_recovery_keeps_the_name(host):
+    host.start_daemon({"SEVD_FAULT": "after:LAUNCH_UPDATE_DATA"})
+    domid = host.toolstack.create("named", 4, IMAGE)
+    host.request(domid)
+    wait_for(lambda: host.daemon.poll() is not None, 30, "the crash")
+    host.daemon = None
+    host.start_daemon()
+    assert host.wait_state(domid, "error") == "error"
+    assert host.field(domid, "name") == "named", host.summary(domid)
+
+
+def test_an_unparsable_request_is_logged_once(host):
+    host.start_daemon()
+    domid = host.toolstack.create("junk", 4, IMAGE)
+    host.xs.write(proto.guest_path(domid, "request"), "v=1 no-generation-here")
+    wait_for(lambda: host.field(domid, "error"), 10, "the refusal")
+    for _ in range(5):
+        poke(host, domid)
+    time.sleep(0.5)
+    assert host.logs().count("request refused") == 1, host.logs()[-2000:]
+
+
+def test_removing_sevd_from_xenstore_is_noticed_and_repaired(host):
+    host.start_daemon()
+    domid = host.toolstack.create("rm", 4, IMAGE)
+    host.request(domid)
+    assert host.wait_state(domid, "running") == "running"
+    host.xs.rm(proto.ROOT)
+    wait_for(lambda: host.xs.read(proto.DAEMON_READY) == "1", 10, "the daemon's nodes again")
+    assert host.wait_state(domid, "running", timeout=10) == "running"
+    assert host.field(domid, "name") == "rm"
+    assert host.xs.read(f"{proto.PLATFORM}/guests") == "1"
+    assert host.xs.client.get_perms(proto.ROOT.encode()) == [b"n0"]
+
+
+def test_a_command_without_a_request_is_answered(host):
+    host.start_daemon()
+    domid = host.toolstack.create("bare", 4, IMAGE)
+    host.xs.write(proto.guest_path(domid, "command"), "finish")
+    wait_for(lambda: host.xs.read(proto.guest_path(domid, "command")) is None, 10, "the answer")
+    assert host.field(domid, "error").startswith("INVALID_REQUEST: finish needs a launch"), host.summary(domid)

@@ -53,7 +53,7 @@ class Policy:
                     value |= PolicyFlag[word.upper()]
                 except KeyError:
                     known = ", ".join(f.name for f in PolicyFlag if f.name)
-                    raise InputError(f"policy: unknown flag {word!r} (known: {known})") from None
+                    raise InputError(f"unknown flag {word!r} (known: {known})") from None
         return cls(int(value))
 
     @property

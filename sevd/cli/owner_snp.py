@@ -49,7 +49,7 @@ def _snp_policy(text: str, option: str = "--policy") -> int:
     try:
         return int(snp.SnpPolicy.parse(text))
     except InputError as exc:
-        raise InputError(f"{option}: {exc}") from None
+        raise InputError(f"{option}: {str(exc).removeprefix('SNP policy: ')}") from None
 
 
 # -- measure --------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from sevd.errors import InputError
 from sevd.platform import Platform
 from sevd.toolstack import domains, guests, hostcheck
 from sevd.toolstack.export import export_chain
-from sevd.toolstack.launch import CreateOptions, check_create, create_guest
+from sevd.toolstack.launch import CreateOptions, Interrupted, check_create, create_guest
 from sevd.toolstack.liveness import require_daemon
 from sevd.xen import xlcfg
 
@@ -243,7 +243,12 @@ def create(
     config = _config(ctx)
     progress = Progress(ctx)
     progress.line(f"Parsing config from {cfg}")
-    result = create_guest(config, guest, options, progress)
+    try:
+        result = create_guest(config, guest, options, progress)
+    except Interrupted as exc:  # the half-made domain is destroyed, as on Ctrl-C
+        progress.close()
+        click.echo(f"error: {exc}: launch interrupted (domain {guest.name} destroyed)", err=True)
+        sys.exit(128 + exc.signum)
     progress.close()
     where = f"domain {guest.name}: domid {result['domid']}"
     if result["state"] == "measured":

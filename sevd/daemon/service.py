@@ -124,6 +124,7 @@ class _Pass:
     command_text: str | None = None
     request: Request | None = None
     parsed: tuple[str, proto.LaunchRequest] | None = None  # the request as taken, for the next passes
+    request_text: str | None = None  # the request node as read, when it was parsed in this pass
     layout: Layout | None = None
 
 
@@ -139,6 +140,11 @@ def _failure(err: Exception) -> tuple[str, str]:
     assert isinstance(err, DeviceError)
     code = err.errno or 0
     return f"DEVICE_{errno.errorcode.get(code, code)}", str(err)
+
+
+def _unprefixed(domid: DomId, message: str) -> str:
+    """A message for the guest's own summary and log line, which name the domain already."""
+    return message.removeprefix(f"domain {domid}: ")
 
 
 def _clean(error: str) -> str:
@@ -169,6 +175,7 @@ class Daemon:
         # Requests taken (the node's text and its parse), until the guest is gone: a pass that reads
         # the same text again knows the request without parsing it.
         self._requests: dict[DomId, tuple[str, proto.LaunchRequest]] = {}
+        self._refused: dict[DomId, str] = {}  # the request text last refused, per guest: refused (and logged) once
         # Each guest's summary as published on this connection (or read after connecting), so a pass
         # neither re-reads it nor rewrites it unchanged.  Reset on reconnect: xenstored may have lost it.
         self._summaries: dict[DomId, proto.GuestSummary] = {}
@@ -247,7 +254,7 @@ class Daemon:
             step = rec.step if rec.step in proto.STEPS else previous.step if previous else None
         error = rec.error if rec.state == "error" else previous.error if previous else None
         taken = self._requests.get(rec.domid)
-        name = (previous.name if previous else None) or (taken[1].name if taken else None)
+        name = (previous.name if previous else None) or (taken[1].name if taken else None) or rec.name
         return proto.GuestSummary(
             state=proto.GuestState(rec.state),
             ack=max(rec.generation, previous.ack or 0) if previous else rec.generation,
@@ -337,10 +344,7 @@ class Daemon:
             self.xs = Xenstore(self.config.xenstore_socket)
             self._summaries = {}
         self._published = {}
-        for path in (proto.ROOT, proto.GUESTS):
-            if self.xs.read(path) is None:
-                self.xs.write(path, "")
-        self.xs.set_perms(proto.ROOT, proto.PERMS)
+        self._make_root()
         if recover:
             self.psp(self.platform.ensure_initialised)  # Linux 6.12+ leaves it UNINIT (sevd/platform.py)
             self.recover()
@@ -349,9 +353,35 @@ class Daemon:
         self.publish_platform()
         for domid in self._known_domids():
             self.poke(domid)
-        self.xs.write_many(f"{proto.ROOT}/daemon", {"ready": "1", "pid": str(os.getpid())})
+        self._announce()
         notify(READY="1", STATUS=self._status_line())
         self.log.info("ready: xenstore %s, PSP %s", self.config.xenstore_socket, self.config.psp_backend)
+
+    def _make_root(self) -> None:
+        """/sevd and /sevd/guest, Dom0's alone."""
+        assert self.xs is not None
+        for path in (proto.ROOT, proto.GUESTS):
+            if self.xs.read(path) is None:
+                self.xs.write(path, "")
+        self.xs.set_perms(proto.ROOT, proto.PERMS)
+
+    def _announce(self) -> None:
+        assert self.xs is not None
+        self.xs.write_many(f"{proto.ROOT}/daemon", {"ready": "1", "pid": str(os.getpid())})
+
+    def _restore_root(self) -> None:
+        """Someone removed /sevd: make it again, Dom0's alone, and publish everything again (the platform, the
+        daemon's nodes, each guest's summary from its journal)."""
+        assert self.xs is not None
+        self.log.warning("%s was removed: recreating it and publishing again", proto.ROOT)
+        with self._summaries_lock:
+            self._summaries = {}
+        self._published = {}
+        self._make_root()
+        self.publish_platform()
+        self._announce()
+        for domid in self._known_domids():
+            self.poke(domid)
 
     def _serve(self) -> None:
         assert self.xs is not None
@@ -365,6 +395,9 @@ class Daemon:
 
     def _dispatch(self, path: str) -> None:
         self.log.debug("watch event %s", path)
+        if path in (proto.ROOT, proto.GUESTS) and self.xs is not None and self.xs.read(proto.GUESTS) is None:
+            self._restore_root()
+            return
         if path == proto.RELEASE_DOMAIN:
             for domid in self._known_domids():
                 if not self.hv.domain_exists(domid):
@@ -573,6 +606,10 @@ class Daemon:
             p.request = Request(taken[1].generation, seen=True)
             return
         generation = proto.request_generation(text)
+        if self._refused.get(p.domid) == text:  # refused before: logged and published once
+            p.request = Request(generation, problem="refused before", seen=True)
+            return
+        p.request_text = text
         try:
             req = proto.LaunchRequest.parse_text(p.domid, text)
         except InputError as exc:
@@ -590,7 +627,7 @@ class Daemon:
             req.image_more,
             req.name,
         )
-        p.request = Request(generation, launch=launch)
+        p.request = Request(req.generation, launch=launch)
 
     def _perform(self, p: _Pass, action: Action) -> None:
         domid = p.domid
@@ -629,10 +666,12 @@ class Daemon:
                     self.log.error("domain %d: teardown failed: %s", domid, exc, extra=self._fields(p.record))
             case MarkFailed(name=name, message=message):
                 assert p.record is not None
+                message = _unprefixed(domid, message)
                 self.log.error(
                     "domain %d: launch failed: %s: %s", domid, name, message, extra=self._fields(p.record, name)
                 )
-                failed = dataclasses.replace(p.record, state=GuestState.ERROR, error=proto.error_text(name, message))
+                error = proto.error_text(name, message)
+                failed = dataclasses.replace(p.record, state=GuestState.ERROR, error=error, pending=None)
                 self.records.save(failed)
                 p.record = failed
             case Publish(step=step):
@@ -645,6 +684,8 @@ class Daemon:
                 self._publish(domid, self._amend(domid, p.record, **changes))
             case Refuse(error=error, ack=ack):
                 self.log.warning("domain %d: request refused: %s", domid, error, extra={"SEV_DOMID": domid})
+                if p.request_text is not None:
+                    self._refused[domid] = p.request_text
                 self._publish(domid, proto.GuestSummary(state=GuestState.ERROR, ack=ack, error=_clean(error)))
             case Answer(error=error, state=state, publish=publish):
                 assert p.command_text is not None
@@ -655,7 +696,8 @@ class Daemon:
                 p.command = None
             case Discard():
                 if p.record is not None:
-                    self.records.delete(domid)
+                    p.record = dataclasses.replace(p.record, state=GuestState.DESTROYED, pending=None)
+                    self.records.save(p.record)
                 self._requests.pop(domid, None)
             case Forget():
                 if p.record is not None:
@@ -665,6 +707,7 @@ class Daemon:
                     self.log.info("domain %d gone: decommissioned", domid, extra=self._fields(p.record))
                 self.xs.rm(proto.guest_path(domid))
                 self._requests.pop(domid, None)
+                self._refused.pop(domid, None)
                 self._summaries.pop(domid, None)
                 self._gone.discard(domid)
             case PublishPlatform():
@@ -962,8 +1005,9 @@ class Daemon:
             name = err.name if isinstance(err, FirmwareError) else "XEN_ERROR"
             p.record = dataclasses.replace(p.record, pending=None)
             self.records.save(p.record)
-            error = proto.error_text(name, str(err))
-            self.log.warning("domain %d: %s", rec.domid, err, extra=self._fields(rec, name))
+            message = _unprefixed(rec.domid, str(err))
+            error = proto.error_text(name, message)
+            self.log.warning("domain %d: %s", rec.domid, message, extra=self._fields(rec, name))
         finally:
             self.xs.rm(f"{base}/secret")  # secrets are transient: never left behind
         step = p.record.step if p.record.step in PUBLISHED_STEPS else None

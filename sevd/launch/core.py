@@ -105,7 +105,8 @@ class TearDown:
 
 @dataclasses.dataclass(frozen=True)
 class MarkFailed:
-    """Journal the record as `error` with `name: message` (name: the firmware status, XEN_ERROR, ...)."""
+    """Journal the record as `error` with `name: message` (name: the firmware status, XEN_ERROR, ...) and no step
+    in flight: a failed launch is never settled or redone again."""
 
     name: str
     message: str
@@ -146,7 +147,8 @@ class Answer:
 
 @dataclasses.dataclass(frozen=True)
 class Discard:
-    """Destroy: delete the journal record and forget the request taken (the summary says destroyed)."""
+    """Destroy: journal the record as `destroyed` (kept until the domain dies, so that no later request measures
+    an image already encrypted) and forget the request taken (the summary says destroyed)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +272,8 @@ def complete(record: GuestRecord, step: Step, result: StepResult = None, layout:
     done = dataclasses.replace(record, pending=None, **changes)  # type: ignore[arg-type]
     if step in LAUNCH_SEQUENCE:
         done.pending = following(done, layout)
+        if done.pending == Step.LAUNCH_UPDATE_DATA:
+            done.image_encrypted = True  # from this record on, the image may be encrypted in place
     return done
 
 
@@ -342,22 +346,29 @@ def decide(
     actions: list[Action] = []
     if request is not None:
         taken = _take(record, request, published)
-        if taken is not None:
-            if record is None:
-                return taken
-            actions += taken
+        if taken and isinstance(taken[-1], Start):
+            return taken
+        actions += taken or []
     if record is None:
+        if command is not None:  # nothing to act on: answered, never left waiting
+            actions.append(Answer(error=invalid(f"{command} needs a launch, and sevd has taken no request")))
         return actions
     return actions + _proceed(record, command, published, layout)
 
 
 def _take(record: GuestRecord | None, request: Request, published: Published | None) -> list[Action] | None:
     """A request seen for the first time: taken, or refused; None when there is nothing to do about it."""
-    if record is not None and (request.seen or request.generation == record.generation):
-        return None
+    if request.seen or (record is not None and request.generation == record.generation):
+        return None  # the very text taken or refused before
     if request.generation is not None and published is not None and published.ack == request.generation:
-        return [] if record is None else None  # taken before (refused, or launched and destroyed): never again
-    if record is not None:
+        return None  # taken before (refused, or launched and destroyed): never again
+    if record is not None and record.state == GuestState.DESTROYED and record.encrypted:
+        msg = (
+            f"domain {record.domid}'s image was encrypted by an earlier launch (generation {record.generation}), "
+            "so it cannot be measured again; destroy the domain and create it again"
+        )
+        return [Amend(error=invalid(msg), ack=request.generation)]
+    if record is not None and record.state != GuestState.DESTROYED:
         msg = f"domain {record.domid} already has a launch (generation {record.generation}); destroy it first"
         return [Amend(error=invalid(msg), ack=request.generation)]
     if request.launch is None:

@@ -31,6 +31,14 @@ class GuestRecord:
     vmsas_done: int = 0
     measurement: str | None = None  # base64 of measure(32) || mnonce(16)
     error: str | None = None
+    name: str | None = None  # the request's, for the summaries written from the journal (after a restart too)
+    # LAUNCH_UPDATE_DATA was named in flight: the image may be encrypted in place, so it is never measured again
+    image_encrypted: bool = False
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the domain's image may be encrypted already (older journals: a range was done)."""
+        return self.image_encrypted or self.ranges_done > 0
 
     def __post_init__(self) -> None:
         # Records are read back from JSON (plain strings), and older sevd versions wrote other step names
@@ -68,6 +76,7 @@ class Launch:
             image_more=[list(piece) for piece in self.image_more],
             state=GuestState.LAUNCHING,
             pending=Step.MAKE_SEV,
+            name=self.name,
         )
 
 

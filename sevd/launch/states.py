@@ -21,7 +21,7 @@ class GuestState(enum.StrEnum):
     MEASURED = "measured"  # measurement published, waiting for the owner's secret / finish
     RUNNING = "running"  # LAUNCH_FINISH done; the toolstack may unpause
     DESTROYING = "destroying"  # reserved in the protocol; never written
-    DESTROYED = "destroyed"  # published only: the journal record is deleted
+    DESTROYED = "destroyed"  # the context released; journaled until the domain dies
     ERROR = "error"  # see the record's `error`; the PSP context was decommissioned
 
 

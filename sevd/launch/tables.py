@@ -67,6 +67,9 @@ TRANSITIONS: dict[GuestState, dict[Event, GuestState]] = {
         Step.DECOMMISSION: GuestState.ERROR,
         Command.DESTROY: GuestState.DESTROYED,
     },
+    GuestState.DESTROYED: {  # its context released, kept until the domain dies: its image may be encrypted
+        Command.DESTROY: GuestState.DESTROYED,
+    },
 }
 
 # What a command issues when TRANSITIONS accepts it (DESTROY tears down: DEACTIVATE if bound, DECOMMISSION).

@@ -19,10 +19,16 @@ def request_launch(xs: Xenstore, request: proto.LaunchRequest) -> None:
 
 
 def send_secret(xs: Xenstore, domid: DomId, packet: proto.SecretPacket) -> None:
+    """The packet and its `inject-secret` command in one transaction, over whatever an earlier packet left."""
     base = proto.guest_path(domid)
-    values = {f"secret/{key}": value for key, value in packet.to_nodes().items()}
-    values["command"] = proto.Command.INJECT_SECRET.value
-    xs.write_many(base, values)
+
+    def body() -> None:
+        xs.rm(f"{base}/secret")
+        for key, value in packet.to_nodes().items():
+            xs.write(f"{base}/secret/{key}", value)
+        xs.write(f"{base}/command", proto.Command.INJECT_SECRET.value)
+
+    xs.transact(body)
 
 
 def send_command(xs: Xenstore, domid: DomId, command: proto.Command) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,8 @@ def create_guest(
 ) -> dict[str, Any]:
     """Create and launch `guest`; what `create --json` prints: domid, name, sev, state and, for an SEV guest,
     measurement, handle and asid.  On failure the domain is destroyed and the error says so."""
+    # The secret is checked before anything is written: the owner's files, the domain.
+    secret = read_secret(options.secret_path, options.owner_dir) if options.owner_dir is not None else None
     image: bytes | None = None
     if guest.sev:  # the measured bytes; a toolstack that loads a plain guest's image reads it itself
         xlcfg.check_image(guest.image, guest.memory_mb)
@@ -67,20 +72,59 @@ def create_guest(
         ts = open_toolstack(config, xs)
         waiter = Waiter(xs)
         owner = LocalOwner(options.owner_dir) if options.owner_dir is not None else None
-        secret: tuple[bytes, str] | None = None
         if owner is not None:
             owner.prepare(config, guest, reporter)
-            secret = read_secret(options.secret_path, owner.directory)
-        domid = ts.create(guest, image)
-        reporter.line(f"domain {guest.name}: domid {domid}, created paused")
-        try:
-            return _launch(waiter, ts, guest, domid, image, owner, secret, options, reporter)
-        except (SevdError, FirmwareError) as exc:
-            _destroy_failed(waiter, ts, guest, domid, reporter)
-            raise SevdError(f"{exc} (domain {guest.name} destroyed)") from None
-        except BaseException:  # interrupted, or a bug: the domain goes all the same
-            _destroy_failed(waiter, ts, guest, domid, reporter)
-            raise
+        with _signals_interrupt() as deliver:
+            domid = ts.create(guest, image)  # a signal meanwhile waits until the domain is known
+            try:
+                deliver()
+                reporter.line(f"domain {guest.name}: domid {domid}, created paused")
+                return _launch(waiter, ts, guest, domid, image, owner, secret, options, reporter)
+            except (SevdError, FirmwareError) as exc:
+                _destroy_failed(waiter, ts, guest, domid, reporter)
+                raise SevdError(f"{exc} (domain {guest.name} destroyed)") from None
+            except BaseException:  # interrupted (Ctrl-C, SIGTERM, SIGHUP), or a bug: the domain goes all the same
+                _destroy_failed(waiter, ts, guest, domid, reporter)
+                raise
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived during a launch (as KeyboardInterrupt for Ctrl-C): the domain is destroyed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+INTERRUPTING = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[Callable[[], None]]:
+    """SIGTERM and SIGHUP raise Interrupted (as SIGINT raises KeyboardInterrupt), so a launch cut short destroys
+    its half-made domain instead of leaving it paused with a PSP handle and an ASID.  They are held from the
+    start until the caller calls `deliver` (once the domain it must destroy is known), and again once one has
+    arrived, so the cleanup runs to its end; the handlers are restored on the way out."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield lambda: None
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTING)
+        raise Interrupted(signum)
+
+    def deliver() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTING)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in INTERRUPTING}
+    signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTING)
+    try:
+        yield deliver
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTING)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTING)
 
 
 def _destroy_failed(waiter: Waiter, ts: Toolstack, guest: xlcfg.GuestConfig, domid: DomId, reporter: Reporter) -> None:

@@ -81,6 +81,7 @@ def read_secret(path: str | None, owner_dir: Path) -> tuple[bytes, str]:
         check_secret_length(len(secret), f"--secret {path}")
         return secret, path
     secret = os.urandom(32)
+    owner_dir.mkdir(parents=True, exist_ok=True)
     target = owner_dir / "secret.bin"
     files.write_private(target, secret)
     return secret, str(target)

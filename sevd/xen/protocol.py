@@ -65,7 +65,7 @@ ERROR_MAX = 1024  # the summary's `error`, in characters
 _HEX_OR_DEC = re.compile(r"^(0x[0-9a-fA-F]{1,16}|[0-9]{1,20})$")
 _API = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}$")
 _NAME = re.compile(r"^[!-~]{1,64}$")  # a domain name as a value: printable ASCII, no space
-_GENERATION = re.compile(r"(?:^| )generation=([0-9]{1,19})(?= |$)")
+_GENERATION = re.compile(r"(?:^| )generation=(0x[0-9a-fA-F]{1,16}|[0-9]{1,20})(?= |$)")
 
 
 def parse_pairs(node: str, text: str, last: str | None = None) -> dict[str, str]:
@@ -120,10 +120,15 @@ class Codec(Generic[T]):
     format: Callable[[T], str]
 
 
+def _number(text: str) -> int:
+    """A decimal (leading zeros allowed) or 0x-hex integer that _HEX_OR_DEC matched."""
+    return int(text, 16) if text.startswith("0x") else int(text, 10)
+
+
 def _int(name: str, text: str, lo: int, hi: int) -> int:
     if not _HEX_OR_DEC.match(text):
         raise InputError(f"{name}: {text[:32]!r} is not a decimal or 0x-hex integer")
-    value = int(text, 0)
+    value = _number(text)
     if not lo <= value <= hi:
         raise InputError(f"{name}: {value} is outside {lo}..{hi}")
     return value
@@ -348,9 +353,9 @@ class Layout:
 def request_generation(text: str) -> int | None:
     """The generation of a request node, found even in one refused for another reason (so sevd can ack it)."""
     match = _GENERATION.search(text)
-    if match is None or not 1 <= int(match.group(1)) <= 2**63:
+    if match is None or not 1 <= _number(match.group(1)) <= 2**63:  # as the request's codec reads it
         return None
-    return int(match.group(1))
+    return _number(match.group(1))
 
 
 # -- the messages ---------------------------------------------------------------------------------------------
@@ -494,6 +499,11 @@ SUMMARY = Layout(
 SUMMARY.check(GuestSummary)
 
 
+# The ciphertext's bytes per node: 2048 are 2732 characters of base64, well within xenstore's 4096-byte payload
+# (XENSTORE_PAYLOAD_MAX, which holds the path too), so a secret of SECRET_MAX_LEN travels in 10 nodes.
+SECRET_PIECE = 2048
+
+
 @dataclasses.dataclass(frozen=True)
 class SecretPacket:
     """The nodes `secret/{header,data,gpa}`: the owner's packet for LAUNCH_SECRET, written in one transaction."""
@@ -504,10 +514,30 @@ class SecretPacket:
 
     @classmethod
     def parse(cls, nodes: Mapping[str, str]) -> SecretPacket:
-        return cls(**SECRET.decode(nodes))
+        """The packet from its nodes, the ciphertext joined again from `data`, `data-1`, ... (SECRET_PIECE each)."""
+        more = [key for key in nodes if key.startswith("data-")]
+        if not more:
+            return cls(**SECRET.decode(nodes))
+        keys = ["data", *(f"data-{i}" for i in range(1, len(more) + 1))]
+        pieces = []
+        for key in keys:
+            if key not in nodes:
+                raise InputError(f"{SECRET.name(key)}: missing (the ciphertext's pieces are {', '.join(keys)})")
+            piece = _b64(SECRET.name(key), nodes[key], max_size=SECRET_PIECE)
+            if key != keys[-1] and len(piece) != SECRET_PIECE:
+                raise InputError(f"{SECRET.name(key)}: must decode to {SECRET_PIECE} bytes (all but the last)")
+            pieces.append(piece)
+        joined = {key: value for key, value in nodes.items() if key not in keys}
+        joined["data"] = base64.b64encode(b"".join(pieces)).decode()
+        return cls(**SECRET.decode(joined))
 
     def to_nodes(self) -> dict[str, str]:
-        return SECRET.encode(self)
+        """The nodes under `secret/`: a ciphertext longer than SECRET_PIECE goes in pieces, `data` then `data-1`, ...
+        (one node's value must fit in xenstore's 4096-byte payload)."""
+        nodes = SECRET.encode(dataclasses.replace(self, data=self.data[:SECRET_PIECE]))
+        for i in range(1, -(-len(self.data) // SECRET_PIECE)):
+            nodes[f"data-{i}"] = base64.b64encode(self.data[i * SECRET_PIECE : (i + 1) * SECRET_PIECE]).decode()
+        return nodes
 
 
 SECRET = Layout(

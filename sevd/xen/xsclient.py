@@ -28,6 +28,11 @@ class XenstoreError(SevdError):
     pass
 
 
+# xenstored's limit on one message's payload (Xen's XENSTORE_PAYLOAD_MAX): a write carries the path, a NUL
+# and the value in it.
+PAYLOAD_MAX = 4096
+
+
 def _is_absent(exc: Exception) -> bool:
     return isinstance(exc, pyxs.PyXSError) and bool(exc.args) and exc.args[0] == errno.ENOENT
 
@@ -110,6 +115,9 @@ class Xenstore:
 
     def write(self, path: str, value: str) -> None:
         # xenstore allows empty values but pyxs does not: an empty node is written as MKDIR.
+        size = len(path.encode()) + 1 + len(value.encode())
+        if size > PAYLOAD_MAX:  # refused here, naming sizes only: the value may be a secret
+            raise XenstoreError(f"{path}: {size} bytes with the path exceed xenstore's {PAYLOAD_MAX}-byte payload")
         with self._lock:
             if value:
                 self.client.write(path.encode(), value.encode())

@@ -61,7 +61,10 @@ class SimulatedBackend:
 
     def open_hypervisor(self, config: Config, exists: Callable[[DomId], bool]) -> Hypervisor:
         host = Path(config.hypervisor_path)
-        return SimulatedXen(host, psp_wbinvd=SimulatedPsp(host).wbinvd_all_cpus)
+        try:
+            return SimulatedXen(host, psp_wbinvd=SimulatedPsp(host).wbinvd_all_cpus)
+        except FileNotFoundError as exc:
+            raise InputError(f"{config.source}: [hypervisor] path: {exc}") from None
 
     def bind_hypervisor(self, hypervisor: Hypervisor, config: Config) -> Hypervisor:
         if isinstance(hypervisor, SimulatedXen):  # the simulated Xen already tells the simulated PSP
@@ -69,7 +72,10 @@ class SimulatedBackend:
         return XenWithSimulatedPsp(hypervisor, SimulatedPsp(Path(config.psp_path)).wbinvd_all_cpus)
 
     def open_toolstack(self, config: Config, xs: Xenstore) -> Toolstack:
-        return SimulatedHostToolstack(config.hypervisor_path, xs)
+        try:
+            return SimulatedHostToolstack(config.hypervisor_path, xs)
+        except FileNotFoundError as exc:
+            raise InputError(f"{config.source}: [hypervisor] path: {exc}") from None
 
 
 backend = SimulatedBackend()
