@@ -24,12 +24,14 @@ from sevd.abi import snp, snp_msg, status
 from sevd.abi.snp import PageType, Product, SnpGuestState, SnpPlatformState, SnpPolicy, SnpPolicyFlag, TcbVersion
 from sevd.abi.units import Asid, Spa
 from sevd.errors import DeviceError
+from sevd.psp.device import PspClient
 from sevd.snp_firmware import SnpCommands
 from sevd_sim import kds
 from sevd_sim.cli import cli
 from sevd_sim.host import SimulatedHost
 from sevd_sim.psp.device import SimulatedPsp, create_psp
 from sevd_sim.psp.memory import PhysicalMemory
+from sevd_sim.xen import SimulatedXen
 
 GCTX = Spa(0x0100_0000)
 PAGES = 0x0200_0000  # guest pages from here
@@ -37,9 +39,45 @@ ASID = Asid(1)  # the SNP (SEV-ES) range is 1..4 on the default CPU
 POLICY = SnpPolicy.make(SnpPolicyFlag.SMT)
 
 
+class _Host:
+    """A simulated host whose PSP, ioctl client and Xen are opened once and closed after the test (every
+    SimulatedPsp holds the memory file open; the suite must not leak descriptors)."""
+
+    def __init__(self, host: SimulatedHost):
+        self.root = host.root
+        self._psp = host.psp()
+        self._client = PspClient(self._psp)
+        self._xen = SimulatedXen(host.root)
+
+    def psp(self) -> SimulatedPsp:
+        return self._psp
+
+    def client(self) -> PspClient:
+        return self._client
+
+    def xen(self) -> SimulatedXen:
+        return self._xen
+
+    def close(self) -> None:
+        self._psp.close()
+
+
 @pytest.fixture
-def host(tmp_path):
-    return SimulatedHost.create(tmp_path / "host", snp=True, linux="6.12")
+def opened():
+    hosts: list[_Host] = []
+
+    def open_host(root, **kwargs) -> _Host:
+        hosts.append(_Host(SimulatedHost.create(root, **kwargs)))
+        return hosts[-1]
+
+    yield open_host
+    for host in hosts:
+        host.close()
+
+
+@pytest.fixture
+def host(tmp_path, opened):
+    return opened(tmp_path / "host", snp=True, linux="6.12")
 
 
 def commands(host) -> SnpCommands:
@@ -82,10 +120,14 @@ def test_legacy_init_is_refused_until_snp_init(host):
 def test_snp_init_needs_the_rmp_xen_sets_up(tmp_path):
     PhysicalMemory.create(tmp_path / "memory.img", 64 << 20).close()
     create_psp(tmp_path, snp="Milan", linux="6.12")
-    cmds = SnpCommands(SimulatedHost(tmp_path).client())
-    with pytest.raises(status.RmpInitRequired):
-        cmds.init()
-    assert cmds.platform_status().rmp_initialized is False
+    client = PspClient(SimulatedPsp(tmp_path))
+    cmds = SnpCommands(client)
+    try:
+        with pytest.raises(status.RmpInitRequired):
+            cmds.init()
+        assert cmds.platform_status().rmp_initialized is False
+    finally:
+        client.close()
 
 
 def test_snp_init_after_sev_init_is_refused(host):
@@ -112,8 +154,8 @@ def test_snp_shutdown_needs_sev_shut_down_first(host):
     assert cmds.platform_status().state == SnpPlatformState.UNINIT
 
 
-def test_a_host_without_snp_is_unchanged(tmp_path):
-    host = SimulatedHost.create(tmp_path / "host", linux="6.12")
+def test_a_host_without_snp_is_unchanged(tmp_path, opened):
+    host = opened(tmp_path / "host", linux="6.12")
     with host.psp().firmware() as fw:
         assert "snp" not in fw.state
         fw.init()  # legacy INIT as always
@@ -125,8 +167,10 @@ def test_a_host_without_snp_is_unchanged(tmp_path):
 def test_sevd_sim_host_snp_flag(tmp_path):
     result = CliRunner().invoke(cli, ["host", "--snp", "--cpu", "genoa", "--create-only", str(tmp_path / "h")])
     assert result.exit_code == 0, result.output
+    psp = SimulatedPsp(tmp_path / "h")
+    assert psp.snp is Product.GENOA and SimulatedXen(tmp_path / "h").rmp_entry(Spa(0)).hypervisor_owned
+    psp.close()
     host = SimulatedHost(tmp_path / "h")
-    assert host.psp().snp is Product.GENOA and host.xen().rmp_entry(Spa(0)).hypervisor_owned
     assert (kds.kds_dir(host.root) / "vcek/v1/Genoa/cert_chain").exists()
 
 
@@ -534,5 +578,8 @@ def test_decommission_then_reclaim_returns_the_context_page(host):
 
 def test_a_simulated_psp_opened_twice_shares_the_rmp(host):
     commands(host).init()
-    assert SnpCommands(SimulatedHost(host.root).client()).platform_status().state == SnpPlatformState.INIT
-    assert isinstance(host.psp(), SimulatedPsp)
+    other = PspClient(SimulatedPsp(host.root))
+    try:
+        assert SnpCommands(other).platform_status().state == SnpPlatformState.INIT
+    finally:
+        other.close()
