@@ -18,6 +18,7 @@ from ioctl_opt import IOWR
 
 from sevd._psp import ffi, lib
 from sevd.abi.commands import FirmwareCommand, UserCommand
+from sevd.abi.snp import SnpCommand, SnpUserCommand
 from sevd.abi.status import FirmwareStatus, raise_for_status
 from sevd.errors import DeviceError
 
@@ -137,11 +138,11 @@ class PspClient:
             raise_for_status(what, arg.error)
         raise DeviceError(-rc, _errno_message(-rc, what, request == SEV_ISSUE_GUEST_CMD))
 
-    def platform_command(self, cmd: UserCommand, data: Any = None) -> None:
+    def platform_command(self, cmd: UserCommand | SnpUserCommand, data: Any = None) -> None:
         """SEV_ISSUE_CMD with a sev_user_data_* buffer (or none)."""
         self._issue(SEV_ISSUE_CMD, int(cmd), data, cmd.name)
 
-    def guest_command(self, cmd: FirmwareCommand, data: Any = None) -> None:
+    def guest_command(self, cmd: FirmwareCommand | SnpCommand, data: Any = None) -> None:
         """SEV_ISSUE_GUEST_CMD with a firmware command buffer (or none, for DF_FLUSH)."""
         self._issue(SEV_ISSUE_GUEST_CMD, int(cmd), data, cmd.name)
 

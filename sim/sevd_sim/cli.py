@@ -45,8 +45,15 @@ def demo(host_dir: str | None) -> None:
     "(Debian 13) and 6.16 leave it UNINIT and INIT/SHUTDOWN around each platform ioctl.",
 )
 @click.option("--create-only", is_flag=True, help="Create the host and exit; do not run the xenstored stand-in.")
+@click.option("--snp", is_flag=True, help="The BIOS enables SEV-SNP (Milan or later; docs/snp.md).")
 def host(
-    directory: str, cpu: str | None, max_asid: int | None, min_sev_asid: int | None, linux: str, create_only: bool
+    directory: str,
+    cpu: str | None,
+    max_asid: int | None,
+    min_sev_asid: int | None,
+    linux: str,
+    create_only: bool,
+    snp: bool,
 ) -> None:
     """Create a simulated host in DIRECTORY if missing, then run its xenstored stand-in in the foreground."""
     from pathlib import Path
@@ -54,7 +61,9 @@ def host(
     from sevd_sim import xenstored
     from sevd_sim.host import SimulatedHost
 
-    host = SimulatedHost.create(Path(directory), cpu=cpu, max_asid=max_asid, min_sev_asid=min_sev_asid, linux=linux)
+    host = SimulatedHost.create(
+        Path(directory), cpu=cpu, max_asid=max_asid, min_sev_asid=min_sev_asid, linux=linux, snp=snp
+    )
     linux = host.psp().driver.version  # an existing host keeps the driver it was made with
     click.echo(f"simulated host ready: {host.root} (config {host.root / 'sevd.toml'}, Linux {linux})")
     if create_only:

@@ -29,6 +29,10 @@ from sevd_sim.xen import SimulatedXen
 DEFAULT_MEMORY = 1 << 30  # 1 GiB of sparse simulated memory
 
 
+# The KDS product of each EPYC generation with SEV-SNP.
+SNP_PRODUCTS = {"milan": "Milan", "genoa": "Genoa", "turin": "Turin"}
+
+
 def simulated_roots(root: Path) -> tuple[AmdCert, AmdCert]:
     roots = kds.roots_dir(root)
     return (
@@ -64,11 +68,16 @@ class SimulatedHost:
         cpu: str | None = None,
         pv_dom0: bool = True,
         linux: str = DEFAULT_LINUX,
+        snp: bool = False,
     ) -> SimulatedHost:
         """`cpu`: the EPYC generation (sevd_sim.cpu.CPUS; None: a small coherent default), which sets the ASID
         counts, SEV-ES and SME_COHERENT; `max_asid`, `min_sev_asid` and `es` override it.  `pv_dom0`: Dom0 is
         a PV guest (Debian's default), so the kernel's WBINVD after INIT reaches one CPU and every ASID stays
-        dirty until sevd has Xen WBINVD every CPU and issues DF_FLUSH."""
+        dirty until sevd has Xen WBINVD every CPU and issues DF_FLUSH.  `snp`: the BIOS enables SEV-SNP (Milan and
+        later; docs/snp.md): Xen sets the RMP up at boot, and legacy INIT fails until SNP_INIT has run."""
+        snp_product = SNP_PRODUCTS.get(cpu or "milan") if snp else None
+        if snp and snp_product is None:
+            raise ValueError(f"{cpu} has no SEV-SNP: SNP needs Milan or later")
         model = cpu_model(cpu)
         max_asid = model.max_asid if max_asid is None else max_asid
         min_sev_asid = model.min_sev_asid if min_sev_asid is None else min_sev_asid
@@ -87,8 +96,11 @@ class SimulatedHost:
             pv_dom0=pv_dom0,
             linux=linux,
             topology=(model.ccxs, model.cores_per_ccx),
+            snp=snp_product,
         )
-        SimulatedXen.create(host.root, memory_size // PAGE_SIZE, max_asid, min_sev_asid, coherent=model.coherent)
+        xen = SimulatedXen.create(host.root, memory_size // PAGE_SIZE, max_asid, min_sev_asid, coherent=model.coherent)
+        if snp:
+            xen.setup_rmp()  # Xen's boot: RMP base/end, SNPEn, MSR_VM_HSAVE_PA cleared, WBINVD, before Dom0
         (host.root / "cpu.json").write_text(json.dumps(dataclasses.asdict(model) | {"pv_dom0": pv_dom0}) + "\n")
         (host.root / "sevd.toml").write_text(host.config_text())
         return host

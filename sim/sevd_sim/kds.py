@@ -10,13 +10,22 @@ those URL paths (sevd.owner.keyserver holds them), so `file://HOST/kds` is a key
     HOST/simulated-amd-roots/{ark,ask}.cert                the same ARK and ASK, for `sev-owner --roots`
 
 The tests also serve HOST/kds over HTTP on 127.0.0.1.
+
+For SEV-SNP (a host made with `--snp`) it also serves, at AMD's KDS paths (`sevd.abi.snp.kds_vcek_path`):
+
+    HOST/kds/vcek/v1/<product>/<hwid>?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..   the VCEK (DER) for that TCB
+    HOST/kds/vcek/v1/<product>/cert_chain                                       the ASK then the ARK (PEM)
+
+The VCEK file's name is the URL path with its query string, `?` included.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sevd.abi import snp
 from sevd.abi.certs import Algo, SevCert, Usage
+from sevd.abi.snp import Product, TcbVersion
 from sevd.durable import atomic_write
 from sevd.owner import keyserver
 from sevd_sim.psp.identity import simulated_amd_root
@@ -41,6 +50,26 @@ def signed_cek(host: Path | str, chip_id: bytes) -> SevCert:
     """The CEK this key server serves for `chip_id` (signed by the simulated ASK)."""
     path = kds_dir(host) / keyserver.cek_path(chip_id)
     return SevCert.parse(path.read_bytes(), str(path))
+
+
+def publish_vcek(host: Path | str, product: Product, chip_id: bytes, chip_secret: bytes, tcb: TcbVersion) -> Path:
+    """Publish the chip's VCEK for `tcb`, and the product's ASK+ARK chain, under AMD's KDS paths."""
+    from cryptography.hazmat.primitives import serialization
+
+    from sevd_sim.psp import snp_keys
+
+    ark, ask, _key = snp_keys.simulated_snp_root(product)
+    vcek = snp_keys.vcek_certificate(product, chip_id, chip_secret, tcb)
+    tree = kds_dir(host)
+    vcek_file = tree / snp.kds_vcek_path(product, chip_id, tcb).lstrip("/")
+    chain_file = tree / snp.kds_chain_path(product).lstrip("/")
+    for path, data in (
+        (vcek_file, vcek.public_bytes(serialization.Encoding.DER)),
+        (chain_file, snp_keys.pem(ask) + snp_keys.pem(ark)),
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data, 0o644)
+    return vcek_file
 
 
 def publish(host: Path | str, chip_id: bytes, cek: SevCert) -> None:

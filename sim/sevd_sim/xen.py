@@ -20,6 +20,7 @@ from sevd.abi.vmsa import reset_vmsas
 from sevd.durable import exclusive, read_json, write_json
 from sevd.xen.hypervisor import HypervisorError, SevCapabilities, SevDomain
 from sevd_sim.psp.memory import CpuCache, PhysicalMemory
+from sevd_sim.rmp import RmpEntry, RmpFile
 
 
 def coalesce(frames: list[int]) -> list[tuple[Spa, int]]:
@@ -382,6 +383,29 @@ class SimulatedXen:
             launches_es=True,
             awaiting_flush=len(state["dirty_asids"]),
         )
+
+    # -- SEV-SNP: the RMP is Xen's (docs/snp.md) ------------------------------------------------------------
+
+    def setup_rmp(self) -> None:
+        """What Xen does at boot on an SNP host before Dom0 starts: RMP base/end, SNPEn, MSR_VM_HSAVE_PA cleared,
+        WBINVD on every CPU; here, a cleared table marked initialised."""
+        with RmpFile(self.host).open() as rmp:
+            rmp.setup()
+
+    def rmpupdate(self, spa: Spa, *, assigned: bool, asid: int = 0, gpa: int = 0, page_size: int = 0,
+                  immutable: bool = False, vmsa: bool = False) -> None:  # fmt: skip
+        """RMPUPDATE on request (e.g. a page moved to the firmware state for SNP_GCTX_CREATE)."""
+        with RmpFile(self.host).open() as rmp:
+            rmp.rmpupdate(spa, assigned=assigned, asid=asid, gpa=gpa, page_size=page_size, immutable=immutable,
+                          vmsa=vmsa)  # fmt: skip
+
+    def psmash(self, spa: Spa) -> None:
+        with RmpFile(self.host).open() as rmp:
+            rmp.psmash(spa)
+
+    def rmp_entry(self, spa: Spa) -> RmpEntry:
+        with RmpFile(self.host).open() as rmp:
+            return rmp.entry(spa)
 
     def close(self) -> None:
         """Nothing stays open between calls: each reads and writes the host's files."""

@@ -42,6 +42,7 @@ from sevd.abi.commands import (
 )
 from sevd.abi.commands import PlatformState as P
 from sevd.abi.platform_status import status_flags
+from sevd.abi.snp import Product, SnpCommand, SnpUserCommand, TcbVersion
 from sevd.abi.units import MAX_HANDLES, Asid, Spa
 from sevd.durable import atomic_write, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
@@ -51,6 +52,7 @@ from sevd_sim.psp.firmware import DEFAULT_CCXS, DEFAULT_CORES_PER_CCX, Firmware,
 from sevd_sim.psp.identity import Identity
 from sevd_sim.psp.linux import DEFAULT_LINUX, LinuxDriver, driver
 from sevd_sim.psp.memory import MachineMemory, PhysicalMemory
+from sevd_sim.psp.snp import new_snp_state
 
 C = FirmwareCommand
 _SECRET_TRANSPORT_MAX = 0x5000  # SEV_GUEST_TRANS_MAX: the patch lets LAUNCH_SECRET's transport buffer reach 0x5000
@@ -140,6 +142,7 @@ def create_psp(
     linux: str = DEFAULT_LINUX,
     pv_dom0: bool = False,
     topology: tuple[int, int] = (DEFAULT_CCXS, DEFAULT_CORES_PER_CCX),
+    snp: str | None = None,
 ) -> None:
     """A new simulated chip in `host`/psp, behind the driver of Linux `linux` (6.1, 6.12 or 6.16).
 
@@ -152,6 +155,8 @@ def create_psp(
     `pv_dom0`: the kernel is a PV Dom0 on Xen, so its `wbinvd_on_all_cpus()` runs WBINVD only on the physical
     CPU its vCPU is on: the DF_FLUSH after INIT fails (WBINVD_REQUIRED) and every ASID stays dirty.
     `topology`: (CCXs, cores per CCX), over which the firmware keeps ASID states and WBINVD_DONE.
+    `snp`: the BIOS enables SEV-SNP on a chip of this KDS product ("Milan", "Genoa", "Turin"; docs/snp.md):
+    legacy INIT then fails until SNP_INIT has run, which needs the RMP Xen sets up.
     """
     kind = str(memory or Path(host) / "memory.img")
     if kind == XEN_MACHINE_MEMORY and encrypt:
@@ -165,15 +170,22 @@ def create_psp(
     config: dict[str, Any] = {"memory": kind, "es": es, "encrypt": encrypt, "linux": linux}
     if pv_dom0:
         config["dom0"] = "pv"
+    if snp is not None:
+        config["snp"] = Product(snp).value
     write_json(directory / "config.json", config)
     ccxs, cores_per_ccx = topology
     chip_id = os.urandom(GET_ID_SIZE)
     state = new_state(
         build, max_asid, min_sev_asid, chip_id, max_guests=max_guests, ccxs=ccxs, cores_per_ccx=cores_per_ccx
     )
+    if snp is not None:
+        state["snp"] = new_snp_state()
     write_json(directory / "state.json", state)
     # AMD signs the CEK outside the chip and serves it by chip id: the simulated host is that key server.
     kds.publish(host, chip_id, SevCert.parse(identity.cert("cek"), "simulated CEK"))
+    if snp is not None:
+        tcb = TcbVersion.from_int(state["snp"]["reported_tcb"], Product(snp).tcb_layout)
+        kds.publish_vcek(host, Product(snp), chip_id, bytes.fromhex(state["snp"]["chip_secret"]), tcb)
     if generation.init_at_probe:  # sev_pci_init -> sev_platform_init (6.1)
         psp = SimulatedPsp(host)
         try:
@@ -225,6 +237,8 @@ class SimulatedPsp:
         # The Linux generation is the host's, so every process opening it sees the same driver.
         self.driver: LinuxDriver = driver(config.get("linux", DEFAULT_LINUX))
         self.pv_dom0 = config.get("dom0") == "pv"
+        # The BIOS enables SEV-SNP (config "snp": the KDS product), else None: the host is as it always was.
+        self.snp: Product | None = Product(config["snp"]) if config.get("snp") else None
 
     def _domctl(self) -> Any:
         # Xen is opened on first use, so a PSP that never touches guest memory needs no libxencall.
@@ -292,6 +306,8 @@ class SimulatedPsp:
     def dispatch(self, request: int, cmd: int, caller: CallerMemory) -> tuple[int, int]:
         """(return code, firmware status) for one ioctl: 0 or -errno, and the `error` field."""
         try:
+            if self.snp is not None and self._snp_dispatch(request, cmd, caller):
+                return 0, 0
             if request == SEV_ISSUE_CMD:
                 if cmd not in UserCommand._value2member_map_:
                     return -errno.EINVAL, 0
@@ -318,6 +334,31 @@ class SimulatedPsp:
         except _Errno as err:
             return -err.value, 0
         return 0, 0
+
+    def _snp_dispatch(self, request: int, cmd: int, caller: CallerMemory) -> bool:
+        """An SNP command on an SNP host (sevd_sim.psp.snp_device); False for anything else."""
+        from sevd_sim.psp import snp_device
+
+        assert self.snp is not None
+        if request == SEV_ISSUE_CMD and cmd in SnpUserCommand._value2member_map_:
+            user = SnpUserCommand(cmd)
+            if user != SnpUserCommand.SNP_PLATFORM_STATUS and not self.writable:
+                raise _Errno(errno.EPERM)
+            run: Any = snp_device.user_command
+            command: Any = user
+        elif request == SEV_ISSUE_GUEST_CMD and cmd in snp_device.GUEST_IOCTL_COMMANDS:
+            if not self.writable:
+                raise _Errno(errno.EPERM)
+            run, command = snp_device.guest_command, SnpCommand(cmd)
+        else:
+            return False
+        with self.firmware() as fw:
+            self._injected_failure(fw, command.name)
+            try:
+                run(self, fw, self.snp, command, caller)
+            except snp_device.SnpErrno as err:
+                raise _Errno(err.value) from None
+        return True
 
     # -- failure injection (tests and operators rehearsing failures) ------------------------------------------
 

@@ -197,6 +197,9 @@ class Firmware:
 
     def init(self, es: bool = False) -> None:
         self._check_platform(C.INIT)
+        snp = self.state.get("snp")  # present on a host whose BIOS enables SEV-SNP (sevd_sim.psp.snp)
+        if snp is not None and snp["platform"] == 0:
+            raise status.InvalidPlatformState(C.INIT.name, detail="SNP is enabled: SNP_INIT must run before INIT")
         if not self.identity.path("pdh.cert").exists():
             self.identity.pek_gen()  # OCA/PEK/PDH are created if a reset deleted them
         # Every ASID invalid and dirty on every CCX; WBINVD_DONE cleared on every core.
