@@ -195,7 +195,8 @@ def test_without_daemon_create_fails_clearly_and_ok_says_so(tmp_path):
         assert "sevd is not running: /sevd/daemon/ready missing" in proc.stderr
         assert h.toolstack.xen.domains() == {}
         proc = xl(h, "ok", check=1)
-        assert "[ FAIL ] sevd: sevd is not running" in proc.stdout and "hint:" in proc.stdout
+        assert "[ FAIL ] sevd: sevd is not running" in proc.stdout
+        assert proc.stdout.count("systemctl start sevd") == 1, proc.stdout  # the hint once, not twice
         h.xs.write_many("/sevd/daemon", {"ready": "1", "pid": "999999"})  # a dead daemon's leftovers
         assert "its pid 999999 is gone" in xl(h, "create", guest_cfg(tmp_path, "lonely"), check=1).stderr
     finally:
@@ -295,7 +296,11 @@ def test_real_host_runs_stock_xl_with_these_command_lines(tmp_path):
         proc = host.xl_sev("create", cfg)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         daemon.join(5)
-        assert host.xl_calls() == [f"create -p {cfg}", "domid realguest", "unpause 7"]
+        assert host.xl_calls() == [
+            f'create -p {cfg} on_reboot="destroy" on_soft_reset="destroy"',
+            "domid realguest",
+            "unpause 7",
+        ]
         # hvmloader's place for OVMF: the image ends at 4 GiB
         seen = host.seen
         assert int(seen["image-gpa"], 0) == (1 << 32) - (2 << 20) and seen["image-size"] == str(OVMF.stat().st_size)
@@ -324,7 +329,7 @@ def test_real_host_pvh_guest_is_measured_where_libxenguest_says_it_loaded_it(tmp
         proc = host.xl_sev("create", cfg)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         daemon.join(5)
-        assert host.xl_calls()[0] == f"-vvv create -p {cfg}"
+        assert host.xl_calls()[0] == f'-vvv create -p {cfg} on_reboot="destroy" on_soft_reset="destroy"'
         # the kernel's six pages, then (past the start-info page) the ramdisk's two
         seen = host.seen
         assert (seen["image-gpa"], seen["image-size"], seen["image-more"]) == ("0x1000000", "24576", "0x1007000+0x2000")
