@@ -443,7 +443,10 @@ def _refuse(verb: str) -> None:
     def refused(ctx: click.Context, args: tuple[str, ...]) -> None:
         raise InputError(f"{verb}: refused: {REFUSED_WHY}")
 
-    refused.help = f"Refused for SEV guests (stock `xl {verb}` too, by the patched Xen): the reason, exit 2."
+    refused.help = (
+        f"Refused: an SEV guest cannot be {verb}d (the patched Xen refuses stock `xl save` and `xl migrate` "
+        "of one). Says why; exit 2."
+    )
 
 
 REFUSED_WHY = (
