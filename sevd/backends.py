@@ -80,7 +80,7 @@ class DeviceBackend:
         return Presence(
             present and writable,
             f"{path} {'present' if present else 'missing'}{', writable' if writable else ', not writable'}",
-            "load ccp (modprobe ccp) with psp_init on; run as root or give the sevd user write access",
+            "load ccp (modprobe ccp) with psp_init on; /dev/sev is root's: run xl-sev as root (sevd runs as root)",
             found=present,
         )
 
@@ -108,6 +108,11 @@ class XenBackend:
         if "control_d" not in caps:
             return Presence(False, "this is not Dom0", "run xl-sev in Dom0")
         return Presence(True, "Xen Dom0 (its SEV state: see CPU SEV)")
+
+    def xendomains_files(self) -> tuple[Path, Path]:
+        """Debian's xendomains settings and its default autostart directory (under $XL_SEV_ETC, default /etc)."""
+        etc = Path(os.environ.get("XL_SEV_ETC", "/etc"))
+        return etc / "default" / "xendomains", etc / "xen" / "auto"
 
     def open_toolstack(self, config: Config, xs: Xenstore) -> Toolstack:
         from sevd.toolstack.xl import XlToolstack

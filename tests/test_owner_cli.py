@@ -406,3 +406,16 @@ def test_show_cert_on_garbage_exits_2(tmp_path):
     result = run("show-cert", tmp_path / "x.cert")
     assert result.exit_code == 2
     assert "x.cert" in result.output
+
+
+def test_version_and_show_cert_in_plain_words():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sev_owner = str(Path(sys.executable).parent / "sev-owner")
+    proc = subprocess.run([sev_owner, "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("sev-owner, version ")
+    pek = Path(__file__).parent / "data" / "platform-rome" / "pek.cert"
+    out = subprocess.run([sev_owner, "show-cert", str(pek)], capture_output=True, text=True).stdout
+    assert "signatures: OCA ECDSA_SHA256, CEK ECDSA_SHA256" in out and "[" not in out and "{" not in out, out

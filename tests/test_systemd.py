@@ -124,3 +124,16 @@ def test_a_status_line_to_a_manager_that_went_away_is_not_an_error(tmp_path, mon
     gone.close()  # the socket file stays, nobody listens: sending is refused
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     assert notify.listening() and notify.notify(STATUS="1 guest running") is False
+
+
+@needs_systemd
+def test_autostart_unit_verifies_without_warnings(tmp_path):
+    unit = UNIT.with_name("sevd-autostart.service")
+    text = unit.read_text().replace("/usr/bin/xl-sev", str(SEVD.with_name("xl-sev")))
+    (tmp_path / "sevd-autostart.service").write_text(text)
+    (tmp_path / "sevd.service").write_text(UNIT.read_text().replace("/usr/bin/sevd", str(SEVD)))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "sevd-autostart.service")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+    assert "autostart --dir /etc/sevd/auto" in text and "Requires=sevd.service" in text

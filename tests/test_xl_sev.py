@@ -195,7 +195,8 @@ def test_without_daemon_create_fails_clearly_and_ok_says_so(tmp_path):
         assert "sevd is not running: /sevd/daemon/ready missing" in proc.stderr
         assert h.toolstack.xen.domains() == {}
         proc = xl(h, "ok", check=1)
-        assert "[ FAIL ] sevd: sevd is not running" in proc.stdout and "hint:" in proc.stdout
+        assert "[ FAIL ] sevd: sevd is not running" in proc.stdout
+        assert proc.stdout.count("systemctl start sevd") == 1, proc.stdout  # the hint once, not twice
         h.xs.write_many("/sevd/daemon", {"ready": "1", "pid": "999999"})  # a dead daemon's leftovers
         assert "its pid 999999 is gone" in xl(h, "create", guest_cfg(tmp_path, "lonely"), check=1).stderr
     finally:
@@ -295,7 +296,11 @@ def test_real_host_runs_stock_xl_with_these_command_lines(tmp_path):
         proc = host.xl_sev("create", cfg)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         daemon.join(5)
-        assert host.xl_calls() == [f"create -p {cfg}", "domid realguest", "unpause 7"]
+        assert host.xl_calls() == [
+            f'create -p {cfg} on_reboot="destroy" on_soft_reset="destroy"',
+            "domid realguest",
+            "unpause 7",
+        ]
         # hvmloader's place for OVMF: the image ends at 4 GiB
         seen = host.seen
         assert int(seen["image-gpa"], 0) == (1 << 32) - (2 << 20) and seen["image-size"] == str(OVMF.stat().st_size)
@@ -324,7 +329,7 @@ def test_real_host_pvh_guest_is_measured_where_libxenguest_says_it_loaded_it(tmp
         proc = host.xl_sev("create", cfg)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         daemon.join(5)
-        assert host.xl_calls()[0] == f"-vvv create -p {cfg}"
+        assert host.xl_calls()[0] == f'-vvv create -p {cfg} on_reboot="destroy" on_soft_reset="destroy"'
         # the kernel's six pages, then (past the start-info page) the ramdisk's two
         seen = host.seen
         assert (seen["image-gpa"], seen["image-size"], seen["image-more"]) == ("0x1000000", "24576", "0x1007000+0x2000")
@@ -427,3 +432,97 @@ def test_a_clean_stop_clears_ready_and_list_then_says_sevd_is_down(tmp_path):
         assert "sevd is not running" in proc.stderr
     finally:
         h.close()
+
+
+# -- the CLI as a new user meets it ---------------------------------------------------------------------------------
+
+
+def test_list_dom_and_long_and_columns_that_survive_long_names(harness, tmp_path):
+    long_name = "a-guest-with-a-name-much-longer-than-twenty"
+    xl(harness, "create", guest_cfg(tmp_path, long_name))
+    xl(harness, "create", guest_cfg(tmp_path, "short"))
+    try:
+        lines = xl(harness, "list").stdout.splitlines()
+        header = lines[0]
+        rows = {line.split()[0]: line for line in lines[1:]}
+        for row in rows.values():  # every column starts where its header does, whatever the names
+            assert row.index(" running ") == header.index("State") - 1, lines
+        assert set(rows) >= {long_name, "short"}
+        only = xl(harness, "list", "short").stdout.splitlines()
+        assert len(only) == 2 and only[1].startswith("short ")
+        rows_json = xl(harness, "list", "short", long_name, "--json", check=0)
+        assert {r["name"] for r in json.loads(rows_json.stdout)} == {"short", long_name}
+        long_out = xl(harness, "list", "-l", "short").stdout
+        assert "short:" in long_out and "measurement" in long_out and "build" in long_out and "step" in long_out
+        row = json.loads(xl(harness, "list", "-l", "short", "--json", check=0).stdout)[0]
+        assert {"api", "build", "step", "measurement", "error"} <= set(row) and row["measurement"]
+        proc = xl(harness, "list", "no-such-guest", check=2)
+        assert "no-such-guest" in proc.stderr
+    finally:
+        xl(harness, "destroy", long_name)
+        xl(harness, "destroy", "short")
+
+
+def test_json_after_the_verb_and_errors_as_json(harness):
+    before = json.loads(xl(harness, "--json", "platform", "status").stdout)
+    assert json.loads(xl(harness, "platform", "status", "--json").stdout) == before
+    proc = xl(harness, "guest-status", "no-such-guest", "--json", check=2)
+    error = json.loads(proc.stdout)
+    assert error["ok"] is False and error["error"] == "input" and error["exit"] == 2
+    assert "no-such-guest" in error["message"] and proc.stderr == ""
+    proc = xl(harness, "--json", "list", "--no-such-option", check=2)  # click's own usage error
+    assert "--no-such-option" in json.loads(proc.stdout)["message"]
+    proc = xl(harness, "list", "--no-such-option", check=2)
+    assert "No such option" in proc.stderr and proc.stdout == ""
+
+
+def test_verbose_is_gone():
+    proc = run("xl-sev", "-v", "list")
+    assert proc.returncode == 2 and "No such option" in proc.stderr and "-v" in proc.stderr
+
+
+def test_factory_reset_asks_and_names_running_guests(harness, tmp_path):
+    proc = xl(harness, "platform", "factory-reset", check=2)  # no terminal to ask on
+    assert "confirm with --yes" in proc.stderr
+    xl(harness, "create", guest_cfg(tmp_path, "busy"))
+    try:
+        proc = xl(harness, "platform", "factory-reset", "--yes", check=1)
+        assert "guest(s) running" in proc.stderr and "destroy them first" in proc.stderr, proc.stderr
+        assert "reload ccp" not in proc.stderr and "EBUSY" not in proc.stderr
+    finally:
+        xl(harness, "destroy", "busy")
+
+
+def test_factory_reset_ebusy_from_the_driver_says_guests_run():
+    import errno
+
+    from sevd.psp.device import _errno_message
+
+    text = _errno_message(errno.EBUSY, "FACTORY_RESET", False)
+    assert "guests are running" in text and "destroy them first" in text and "reload ccp" not in text
+    assert "reload ccp" in _errno_message(errno.EBUSY, "PEK_GEN", False)
+
+
+def test_dev_sev_hint_names_no_user_that_does_not_exist(tmp_path):
+    cfg = tmp_path / "device.toml"
+    cfg.write_text(f'[psp]\nbackend = "device"\npath = "{tmp_path}/no-sev"\n')
+    out = run("xl-sev", "--config", cfg, "ok").stdout
+    hint = next(line for line in out.splitlines()[out.splitlines().index(
+        next(line for line in out.splitlines() if "/dev/sev:" in line)) + 1:] if "hint:" in line)  # fmt: skip
+    assert "run xl-sev as root" in hint and "sevd user" not in out, out
+
+
+def test_remote_owner_steps_use_the_owners_keys_not_files_on_the_host(tmp_path):
+    from sevd.toolstack.launch import owner_hint
+    from sevd.xen.xlcfg import GuestConfig, SessionFiles
+
+    session_dir = tmp_path / "on-the-host"
+    for form, keys in (("sev-tool", "--tk tmp_tk.bin"), ("sevctl:vm1", "--tek vm1_tek.bin --tik vm1_tik.bin")):
+        guest = GuestConfig(
+            str(tmp_path / "g.cfg"), "g", "hvm", 64, 1, "ovmf", OVMF, True, __import__("sevd").abi.policy.Policy(1),
+            False, SessionFiles(session_dir, b"", b"", form),
+        )  # fmt: skip
+        text = owner_hint(guest, {"api": "0.24", "build": "7", "measurement": "M"})
+        assert str(session_dir) not in text and str(OVMF.parent) not in text, text
+        assert keys in text and "never come to this host" in text and "their own machine" in text
+        assert "--header packaged_secret_header.bin" in text

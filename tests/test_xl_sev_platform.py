@@ -78,7 +78,7 @@ def test_firmware_error_exits_1_with_spec_name(tmp_path):
     run("sevd-sim", "host", str(root), "--create-only")
     cfg = str(root / "sevd.toml")
     xl_ = ("xl-sev", "--config", cfg, "platform")
-    run(*xl_, "factory-reset")
+    run(*xl_, "factory-reset", "--yes")
     assert json.loads(run("xl-sev", "--json", "--config", cfg, "platform", "status").stdout)["state"] == "UNINIT"
     csr = tmp_path / "pek.csr"
     # Lazy INIT, as the driver does; in a PV Dom0 (the simulated host's) the kernel's DF_FLUSH after it fails,

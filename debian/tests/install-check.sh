@@ -96,6 +96,8 @@ for suite in "${SUITES[@]}"; do
     check "systemd-analyze verify $unit: exit 0, nothing on stderr" sh_root \
         'test "$(cat /tmp/verify.rc)" = 0 && ! test -s /tmp/verify.err' || sed 's/^/  |   /' "$root/tmp/verify.err"
     check "sevd.service enabled" sh_root 'test "$(systemctl is-enabled sevd.service)" = enabled'
+    check "sevd-autostart.service enabled, /etc/sevd/auto present" sh_root \
+        'test "$(systemctl is-enabled sevd-autostart.service)" = enabled && test -d /etc/sevd/auto'
     check "/etc/sevd/sevd.toml is a conffile, all comments" sh_root \
         'dpkg-query -W -f="\${Conffiles}" sevd | grep -q /etc/sevd/sevd.toml && ! grep -qv "^\(#.*\|\[.*\]\|\)$" /etc/sevd/sevd.toml'
     check "/var/lib/sevd, /var/cache/sevd, /run/sevd are 0700" sh_root \

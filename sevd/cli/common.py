@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -18,11 +18,41 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SOFTWARE = 70  # sysexits' EX_SOFTWARE: a bug in sevd, not in what it was asked
 
 
+def json_requested(ctx: click.Context | None = None) -> bool:
+    """--json given, before or after the verb: the root's flag once parsed, else the command line itself
+    (a usage error stops click before the flag is stored)."""
+    if ctx is not None:
+        obj = ctx.find_root().obj
+        if isinstance(obj, dict) and "json" in obj:
+            return bool(obj["json"])
+    args = sys.argv[1:]
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def fail(message: str, status: int, ctx: click.Context | None = None) -> NoReturn:
+    """One error: `error: MESSAGE` on stderr, or with --json one object on stdout,
+    `{"ok": false, "error": "input"|"failed", "message": MESSAGE, "exit": N}` ("input": exit 2)."""
+    if json_requested(ctx):
+        kind = "input" if status == EXIT_USAGE else "failed"
+        click.echo(json.dumps({"ok": False, "error": kind, "message": message, "exit": status}, sort_keys=True))
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(status)
+
+
 def run_cli(group: click.Command) -> None:
-    """An entry point: click's own handling, then one line for anything unforeseen instead of a traceback
-    (SEVD_DEBUG=1 shows it)."""
+    """An entry point: click's own handling (its usage errors as JSON too when --json is given), then one
+    line for anything unforeseen instead of a traceback (SEVD_DEBUG=1 shows it)."""
     try:
-        group()
+        try:
+            group.main(standalone_mode=False)
+        except click.exceptions.Abort:
+            fail("aborted", EXIT_FAILED)
+        except click.ClickException as exc:
+            if not json_requested():
+                exc.show()
+                sys.exit(exc.exit_code)
+            fail(exc.format_message(), exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the last line of defence before a user's terminal
         if os.environ.get("SEVD_DEBUG"):
             raise
@@ -31,7 +61,7 @@ def run_cli(group: click.Command) -> None:
 
 
 def emit(ctx: click.Context, data: Any, text: str) -> None:
-    if ctx.find_root().obj and ctx.find_root().obj.get("json"):
+    if json_requested(ctx):
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         click.echo(text)
@@ -45,10 +75,8 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except InputError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(EXIT_USAGE)
+            fail(str(err), EXIT_USAGE, click.get_current_context(silent=True))
         except (FirmwareError, DeviceError, VerificationError, SevdError) as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(EXIT_FAILED)
+            fail(str(err), EXIT_FAILED, click.get_current_context(silent=True))
 
     return wrapper

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from sevd import __version__
 from sevd.abi import certs
 from sevd.abi.launch import LaunchMeasurement
 from sevd.abi.policy import Policy
@@ -67,6 +68,7 @@ def parse_mnonce(text: str) -> bytes:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sev-owner")
 def main() -> None:
     """Guest-owner tools for AMD SEV: verify a platform, make a launch session, check a measurement,
     package a secret."""
@@ -332,7 +334,16 @@ def show_cert_cmd(path: str) -> _Result:
     """Decode an SEV certificate or an AMD ARK/ASK certificate."""
     cert = certs.parse_any(files.read_bytes(path, "certificate"), path)
     info = cert.describe()
-    return _Result([f"{k}: {v}" for k, v in info.items()], **info)
+    return _Result([f"{k}: {_cert_field(v)}" for k, v in info.items()], **info)
+
+
+def _cert_field(value: Any) -> str:
+    """A decoded field for people: lists as `a, b`, a signature as `OCA ECDSA_SHA256`."""
+    if isinstance(value, dict):
+        return " ".join(str(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return ", ".join(_cert_field(v) for v in value) or "none"
+    return str(value)
 
 
 main.add_command(snp_group)

@@ -25,9 +25,9 @@ from sevd.abi.policy import Policy
 from sevd.backends import open_psp
 from sevd.cli.common import emit, reports_errors, run_cli
 from sevd.config import Config
-from sevd.errors import InputError
+from sevd.errors import InputError, SevdError
 from sevd.platform import Platform
-from sevd.toolstack import domains, guests, hostcheck
+from sevd.toolstack import autostart, domains, guests, hostcheck
 from sevd.toolstack.export import export_chain
 from sevd.toolstack.launch import CreateOptions, Interrupted, check_create, create_guest
 from sevd.toolstack.liveness import require_daemon
@@ -54,7 +54,29 @@ DOM = click.argument("dom", metavar="DOM", shell_complete=_complete_domain)
 TIMEOUT = click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0.1))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().ensure_object(dict)["json"] = True
+
+
+class Verb(click.Command):
+    """Every verb takes --json after its name too (`xl-sev list --json` = `xl-sev --json list`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            click.Option(
+                ["--json"], is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable output."
+            )
+        )
+
+
+class VerbGroup(click.Group):
+    command_class = Verb
+    group_class = type  # subgroups are VerbGroups too
+
+
+@click.group(cls=VerbGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xl-sev")
 @click.option(
     "--config",
@@ -63,15 +85,14 @@ TIMEOUT = click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, 
     default=None,
     help="sevd.toml (default $SEVD_CONFIG, then /etc/sevd/sevd.toml); a simulated host's works the same.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("-v", "--verbose", count=True, help="More output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, errors included (also after the verb).")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, as_json: bool, verbose: int) -> None:
+def cli(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     """Create, attest and manage AMD SEV guests on a Xen host, the way `xl` manages domains.
 
     DOM is a domain name or domid. Shell completion: eval "$(_XL_SEV_COMPLETE=bash_source xl-sev)".
     """
-    ctx.obj = {"json": as_json, "verbose": verbose, "config_path": config_path}
+    ctx.obj = {"json": as_json, "config_path": config_path}
 
 
 def _config(ctx: click.Context) -> Config:
@@ -156,11 +177,30 @@ def platform_pek_cert_import(ctx: click.Context, pek: str, oca: str) -> None:
 
 
 @platform.command("factory-reset")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 @reports_errors
-def platform_factory_reset(ctx: click.Context) -> None:
-    """FACTORY_RESET: delete the owner's keys (refused while guests run)."""
-    _platform(ctx).factory_reset()
+def platform_factory_reset(ctx: click.Context, yes: bool) -> None:
+    """FACTORY_RESET: delete the platform's keys and its owner's certificates (refused while guests run).
+
+    Asks for confirmation unless --yes."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError("platform factory-reset deletes the platform's keys: confirm with --yes")
+        click.confirm(
+            "FACTORY_RESET deletes the platform's keys (PDH, PEK, OCA) and any owner's certificate; "
+            "guest owners must fetch and verify the new chain. Reset?",
+            abort=True,
+            err=True,
+        )
+    platform = _platform(ctx)
+    st = platform.status()
+    if st.guests:  # the driver would answer a bare EBUSY
+        raise SevdError(
+            f"FACTORY_RESET refused: {st.guests} SEV guest(s) running (platform {st.state.name}): "
+            "destroy them first (xl-sev list, xl-sev destroy DOM)"
+        )
+    platform.factory_reset()
     emit(ctx, {"ok": True}, "platform reset")
 
 
@@ -275,20 +315,48 @@ def _policy_text(text: str | None) -> str:
     return f"{pol} {pol.describe()}" if pol else (text or "-")
 
 
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Columns as wide as their widest cell (a long name never shifts the others); the last is left ragged."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(cells: list[str]) -> str:
+        out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        out[-1] = cells[-1]
+        return "  ".join(out)
+
+    return [fmt(header), *(fmt(r) for r in rows)]
+
+
 @cli.command("list")
+@click.argument("doms", metavar="[DOM]...", nargs=-1, shell_complete=_complete_domain)
+@click.option("-l", "--long", "long_", is_flag=True, help="Also the firmware build, step, measurement and last error.")
 @click.pass_context
 @reports_errors
-def list_cmd(ctx: click.Context) -> None:
-    """SEV guests sevd knows: domid, name, PSP handle, ASID, state, policy, measurement present."""
+def list_cmd(ctx: click.Context, doms: tuple[str, ...], long_: bool) -> None:
+    """SEV guests sevd knows (or only DOM...): name, domid, PSP handle, ASID, state, measurement present, policy.
+
+    -l adds the firmware API and build, the launch step, the measurement and the last error."""
     with domains.xenstore(_config(ctx)) as xs:
         require_daemon(xs)  # sevd down: its rows would be stale, so say so (exit 1) instead
-        rows = domains.guest_rows(xs)
-    lines = [f"{'Name':<20} {'ID':>5} {'Handle':>6} {'ASID':>5} {'State':<10} {'Measured':<8} Policy"]
-    for r in rows:
-        lines.append(
-            f"{r['name']:<20} {r['domid']:>5} {_dash(r['handle']):>6} {_dash(r['asid']):>5} {r['state']:<10} "
-            f"{'yes' if r['_measured'] else 'no':<8} {_policy_text(r['policy'])}"
-        )
+        rows = domains.guest_rows(xs, long=long_)
+        if doms:
+            wanted = {domains.resolve_domain(xs, d)[0] for d in doms}
+            unknown = wanted - {r["domid"] for r in rows}
+            if unknown:
+                raise InputError(f"domain {min(unknown)}: not an SEV guest sevd knows (xl list shows every domain)")
+            rows = [r for r in rows if r["domid"] in wanted]
+    header = ["Name", "ID", "Handle", "ASID", "State", "Measured", "Policy"]
+    cells = [
+        [r["name"] or "-", str(r["domid"]), _dash(r["handle"]), _dash(r["asid"]), r["state"],
+         "yes" if r["_measured"] else "no", _policy_text(r["policy"])]
+        for r in rows
+    ]  # fmt: skip
+    lines = _table(header, cells, right={1, 2, 3})
+    if long_:
+        for r in rows:
+            lines.append(f"{r['name'] or r['domid']}:")
+            for key in ("api", "build", "step", "measurement", "error"):
+                lines.append(f"  {key:<12}{'-' if r[key] is None else r[key]}")
     emit(ctx, [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], "\n".join(lines))
 
 
@@ -367,6 +435,61 @@ def guest_status(ctx: click.Context, dom: str) -> None:
         data,
         f"handle {st['handle']}\nstate {st['state']}\nasid {st['asid']}\npolicy {policy} ({policy.describe()})",
     )
+
+
+# -- what an SEV guest cannot do ----------------------------------------------------------------------------------
+
+
+def _refuse(verb: str) -> None:
+    @cli.command(verb, context_settings={"ignore_unknown_options": True}, epilog=REFUSED_WHY)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    @click.pass_context
+    @reports_errors
+    def refused(ctx: click.Context, args: tuple[str, ...]) -> None:
+        raise InputError(f"{verb}: refused: {REFUSED_WHY}")
+
+    refused.help = (
+        f"Refused: an SEV guest cannot be {verb}d (the patched Xen refuses stock `xl save` and `xl migrate` "
+        "of one). Says why; exit 2."
+    )
+
+
+REFUSED_WHY = (
+    "an SEV guest cannot be saved, restored or migrated: its memory is encrypted with a key that only "
+    "this platform's PSP holds for this one launch, and sevd has no SEV SEND/RECEIVE support, so an image "
+    "would be ciphertext nothing can restore. Shut the guest down and create it again with `xl-sev create` "
+    "(a new launch, attested again by its owner)."
+)
+for _verb in ("save", "restore", "migrate"):
+    _refuse(_verb)
+
+
+# -- autostart ------------------------------------------------------------------------------------------------------
+
+
+@cli.command("autostart")
+@click.option(
+    "--dir",
+    "directory",
+    default=autostart.AUTO_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The cfgs to start.",
+)
+@TIMEOUT
+@click.pass_context
+@reports_errors
+def autostart_cmd(ctx: click.Context, directory: str, timeout: float) -> None:
+    """Create every cfg in DIR through sevd (what sevd-autostart.service runs at boot), not yet running ones.
+
+    SEV cfgs belong here, never in /etc/xen/auto: xendomains would start them with stock `xl create`, without
+    SEV. A cfg with sev_session stops at `measured` for its owner; one without is launched unattested."""
+    progress = Progress(ctx)
+    results = autostart.start_all(_config(ctx), Path(directory), timeout, progress)
+    progress.close()
+    emit(ctx, [dataclasses.asdict(r) for r in results], "\n".join(r.line() for r in results))
+    if any(r.status == "failed" for r in results):
+        sys.exit(1)
 
 
 @cli.command()

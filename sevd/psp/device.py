@@ -67,7 +67,7 @@ class DeviceFile:
                 "psp.sev enabled and SEV on in the firmware setup?)",
             ) from None
         except PermissionError:
-            raise DeviceError(errno.EACCES, f"{path}: permission denied (run as root or a sev group member)") from None
+            raise DeviceError(errno.EACCES, f"{path}: permission denied (the device is root's: run as root)") from None
 
     def ioctl(self, request: int, arg: Any) -> int:
         return lib.sevd_ioctl(self.fd, request, arg)
@@ -86,6 +86,9 @@ def _errno_message(err: int, what: str, guest_command: bool) -> str:
         )
     if err == errno.EPERM:
         return f"{what}: EPERM: this command needs /dev/sev opened for writing (run as root)"
+    if err == errno.EBUSY and "FACTORY_RESET" in what:
+        # sev_ioctl_do_reset: EBUSY while the platform is WORKING, i.e. while it has guests
+        return f"{what}: EBUSY: SEV guests are running (platform WORKING): destroy them first (xl-sev list)"
     if err == errno.EBUSY:
         return (
             f"{what}: EBUSY: the PSP is busy or disabled after a command timed out "

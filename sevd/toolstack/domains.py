@@ -68,10 +68,11 @@ def is_sev_guest(xs: Xenstore, domid: DomId) -> bool:
     return xs.read(proto.guest_path(domid)) is not None
 
 
-def guest_rows(xs: Xenstore) -> list[dict[str, Any]]:
+def guest_rows(xs: Xenstore, *, long: bool = False) -> list[dict[str, Any]]:
     """What `list` shows: one summary per guest, all read in one pipelined batch.  A guest sevd has not
     taken yet has no summary: its request (read in a second batch) gives the name and policy; xl's
-    name node is read only for a guest named by neither.  Keys starting with `_` are not for --json."""
+    name node is read only for a guest named by neither.  Keys starting with `_` are not for --json.
+    `long` adds the firmware API and build, the launch step, the measurement and the last error."""
     domids = sorted(DomId(int(x)) for x in xs.list(proto.GUESTS) if x.isdigit())
     texts = xs.read_many([proto.guest_path(d, "summary") for d in domids])
     summaries = {d: parse_summary(d, text) or proto.GuestSummary() for d, text in zip(domids, texts, strict=True)}
@@ -94,6 +95,17 @@ def guest_rows(xs: Xenstore) -> list[dict[str, Any]]:
             "state": summary.state.value if summary.state else "requested",
             "policy": policies.get(domid),
             "_measured": summary.measurement is not None,
+            **(
+                {
+                    "api": summary.api,
+                    "build": summary.build,
+                    "step": summary.step,
+                    "measurement": summary.measurement,
+                    "error": summary.error,
+                }
+                if long
+                else {}
+            ),
         }
         for domid, summary in summaries.items()
     ]

@@ -211,16 +211,29 @@ def xenstore_checks(config: Config) -> list[Check]:
         checks = [Check("xenstore", True, f"reachable at {config.xenstore_socket}")]
         problem = daemon_problem(xs)
         pid = xs.read(proto.DAEMON_PID)
-        checks.append(
-            Check("sevd", problem is None, problem or f"running, pid {pid}", "systemctl start sevd (or sevd run)")
-        )
+        # daemon_problem already says how to start sevd when its ready node is missing: no hint twice
+        hint = "" if problem and "systemctl start sevd" in problem else "systemctl restart sevd (or sevd run)"
+        checks.append(Check("sevd", problem is None, problem or f"running, pid {pid}", hint))
         return checks
     finally:
         xs.close()
 
 
+def stock_path_checks(config: Config) -> list[Check]:
+    """What Debian's xendomains would do with SEV guests, on a host whose hypervisor backend has xendomains
+    (`xendomains_files`: the real Xen's; a simulated host has none)."""
+    files = getattr(hypervisor_backend(config), "xendomains_files", None)
+    if files is None:
+        return []
+    from sevd.toolstack import xendomains
+
+    defaults, auto = files()
+    return xendomains.checks(defaults, auto)
+
+
 def host_checks(config: Config) -> list[Check]:
-    """Every check of `xl-sev ok`, in order: CPU, /dev/sev, guest ioctl, firmware, Xen, xenstore, sevd."""
+    """Every check of `xl-sev ok`, in order: CPU, /dev/sev, guest ioctl, firmware, Xen, xenstore, sevd, and
+    on Xen what xendomains would do with SEV guests."""
     hypervisor = hypervisor_presence(config)
     checks = sev_checks(lambda: capabilities_of(config)) if hypervisor.found else cpu_checks()
     more, client = psp_checks(config)
@@ -228,6 +241,7 @@ def host_checks(config: Config) -> list[Check]:
     checks.append(firmware_check(client))
     checks.append(Check("Xen", hypervisor.ok, hypervisor.detail, hypervisor.hint))
     checks += xenstore_checks(config)
+    checks += stock_path_checks(config)
     return checks
 
 

@@ -218,21 +218,30 @@ def _acked(xs: Xenstore, domid: DomId) -> int:
 
 
 def owner_hint(guest: xlcfg.GuestConfig, nodes: dict[str, str]) -> str:
-    """What the remote owner runs, and then the host, for a guest left in state measured."""
+    """What the remote owner runs on their own machine, and then the host, for a guest left in state measured.
+
+    The transport keys stay with the owner: `sev-owner session` wrote them on the owner's machine next to
+    the GODH and session blob the host received, and they never come to the host."""
     assert guest.session is not None
-    d = guest.session.directory
-    keys = f"--tk {d}/tmp_tk.bin" if guest.session.form == "sev-tool" else f"--tik {d}/{guest.session.form[7:]}_tik.bin"
-    image = f"--image {guest.image}"
+    if guest.session.form == "sev-tool":
+        keys, package_keys, where = "--tk tmp_tk.bin", "--tk tmp_tk.bin", "tmp_tk.bin"
+    else:
+        name = guest.session.form[len("sevctl:") :]
+        keys = f"--tik {name}_tik.bin"
+        package_keys = f"--tek {name}_tek.bin --tik {name}_tik.bin"
+        where = f"{name}_tek.bin and {name}_tik.bin"
+    image = f"--image {guest.image.name}"
     if guest.pvh:
-        image = f"--kernel {guest.image}" + (f" --ramdisk {guest.ramdisk}" if guest.ramdisk else "")
+        image = f"--kernel {guest.image.name}" + (f" --ramdisk {guest.ramdisk.name}" if guest.ramdisk else "")
+    measurement = nodes.get("measurement")
     return (
-        f"domain {guest.name} waits in state measured for its owner, who checks the measurement and sends a secret:\n"
+        f"domain {guest.name} waits in state measured for its owner. The owner, on their own machine, with "
+        f"their copy of the boot files and the {where} that `sev-owner session` wrote there (the keys never "
+        f"come to this host), checks the measurement and packages a secret:\n"
         f"  sev-owner verify-measurement {image} --policy {guest.policy} --api {nodes.get('api')} "
-        f"--build {nodes.get('build')} {keys} --measurement {nodes.get('measurement')}\n"
-        f"  sev-owner package-secret --secret FILE {keys.replace('--tik', '--tek ... --tik')} "
-        f"--measurement {nodes.get('measurement')} --out OUT\n"
-        f"then on this host:\n"
-        f"  xl-sev inject-secret {guest.name} --header OUT/packaged_secret_header.bin "
-        f"--secret OUT/packaged_secret.bin\n"
+        f"--build {nodes.get('build')} {keys} --measurement {measurement}\n"
+        f"  sev-owner package-secret --secret FILE {package_keys} --measurement {measurement} --out OUT\n"
+        f"and sends OUT/packaged_secret_header.bin and OUT/packaged_secret.bin here; then on this host:\n"
+        f"  xl-sev inject-secret {guest.name} --header packaged_secret_header.bin --secret packaged_secret.bin\n"
         f"  xl-sev finish {guest.name}"
     )

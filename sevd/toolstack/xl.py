@@ -1,6 +1,8 @@
 """The stock `xl` as `xl-sev`'s toolstack on a real Xen host: `xl create -p`, `xl unpause`, `xl destroy`.
 
-No toolstack patch: `xl` ignores the sev* keys; sevd makes the paused domain an SEV domain.  For a PVH
+No toolstack patch: `xl` ignores the sev* keys; sevd makes the paused domain an SEV domain.  Whatever
+would make xl rebuild an SEV guest from its cfg by itself (a reboot: `on_reboot = "restart"`) is
+overridden on xl's command line to destroy the domain instead (`sev_overrides`).  For a PVH
 guest, where libxenguest loaded the kernel and ramdisk comes from its own log of `xl -vvv create`
 (sevd.toolstack.xllog).
 """
@@ -15,7 +17,30 @@ from sevd.toolstack.xllog import measured_ranges, parse_domain_builder_log
 from sevd.xen import xlcfg
 
 FOUR_GIB = 1 << 32
+# xl's defaults for the events a cfg does not name (xl.cfg(5)): reboot and soft reset recreate the domain.
+XL_DEFAULT_ACTIONS = {"on_poweroff": "destroy", "on_reboot": "restart", "on_watchdog": "destroy",
+                      "on_crash": "destroy", "on_soft_reset": "soft-reset"}  # fmt: skip
 OVMF_ALIGN = 1 << 20  # hvmloader places OVMF at 4 GiB minus its size rounded up to 1 MiB
+
+
+def sev_overrides(guest: xlcfg.GuestConfig) -> list[str]:
+    """The `key="value"` arguments after the cfg on `xl create` (xl applies them after the file, so they win)
+    that keep xl from ever rebuilding an SEV guest from its cfg by itself.
+
+    xl's `restart` actions (on_reboot's default) and soft reset make a new domain from the cfg, which stock
+    xl creates without SEV.  Each such action becomes its `destroy` form: the guest's reboot ends the
+    domain, sevd decommissions its PSP context, and a new launch is `xl-sev create` again (attested again,
+    by its owner).  Other actions (`destroy`, `preserve`, `coredump-destroy`) stay as the cfg says.
+    """
+    if not guest.sev:
+        return []
+    actions = XL_DEFAULT_ACTIONS | dict(guest.actions)
+    out = []
+    for key, value in actions.items():
+        if "restart" in value or value == "soft-reset":
+            safe = "coredump-destroy" if value.startswith("coredump") else "destroy"
+            out.append(f'{key}="{safe}"')
+    return out
 
 
 class XlToolstack:
@@ -44,10 +69,10 @@ class XlToolstack:
         if guest.sev and guest.pvh:
             # -vvv makes libxenguest log each segment it allocates: the only account of where it
             # loaded the kernel and ramdisk (their place depends on the kernel's ELF headers).
-            proc = self._run("-vvv", "create", "-p", guest.path)
+            proc = self._run("-vvv", "create", "-p", guest.path, *sev_overrides(guest))
             log = proc.stderr + proc.stdout
         else:
-            self._xl("create", "-p", guest.path)
+            self._xl("create", "-p", guest.path, *sev_overrides(guest))
         out = self._xl("domid", guest.name).strip()
         if not out.isdigit():
             raise SevdError(f"xl domid {guest.name}: unexpected answer {out[:40]!r}")

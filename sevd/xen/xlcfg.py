@@ -43,6 +43,7 @@ LIBXLUTIL = "libxlutil.so.4.17"
 DEFAULT_OVMF = "/usr/share/ovmf/OVMF.fd"
 DEFAULT_POLICY = int(PolicyFlag.NODBG)
 SEV_KEYS = ("sev", "sev_policy", "sev_es", "sev_session")
+ON_EVENTS = ("on_poweroff", "on_reboot", "on_watchdog", "on_crash", "on_soft_reset")
 
 _CDEF = """
 typedef struct XLU_Config XLU_Config;
@@ -241,6 +242,8 @@ class GuestConfig:
     session: SessionFiles | None
     # PVH direct boot: `image` is the kernel; the measured bytes are built from both files.
     ramdisk: Path | None = None
+    # What the cfg says xl does on each guest event (ON_EVENTS keys it sets: on_reboot = "restart", ...).
+    actions: tuple[tuple[str, str], ...] = ()
 
     @property
     def pvh(self) -> bool:
@@ -404,4 +407,5 @@ def _guest(cfg: XlConfig) -> GuestConfig:
         es=bool(es),
         session=session,
         ramdisk=ramdisk_path,
+        actions=tuple((key, act) for key in ON_EVENTS if (act := cfg.string(key)) is not None),
     )
