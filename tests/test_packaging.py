@@ -36,3 +36,9 @@ def test_the_product_wheel_holds_the_product(wheel_names: list[str]) -> None:
         assert needed in wheel_names
     assert any(n.startswith("sevd/_psp") and n.endswith(".so") for n in wheel_names)
     assert any(n.startswith("sevd/abi/roots/") and n.endswith(".cert") for n in wheel_names)
+
+
+def test_every_cli_module_is_short_click_code() -> None:
+    """The CLI is click code only (its library is sevd/toolstack and sevd/owner): no module over 500 lines."""
+    long = {p.name: n for p in (REPO / "sevd" / "cli").glob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, long

@@ -303,30 +303,6 @@ def create(
 # -- the other guest verbs --------------------------------------------------------------------------------------------
 
 
-def _dash(value: int | None) -> str:
-    return "-" if value is None else str(value)
-
-
-def _policy_text(text: str | None) -> str:
-    try:
-        pol = Policy.parse(text) if text else None
-    except InputError:
-        pol = None
-    return f"{pol} {pol.describe()}" if pol else (text or "-")
-
-
-def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    """Columns as wide as their widest cell (a long name never shifts the others); the last is left ragged."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(cells: list[str]) -> str:
-        out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
-        out[-1] = cells[-1]
-        return "  ".join(out)
-
-    return [fmt(header), *(fmt(r) for r in rows)]
-
-
 @cli.command("list")
 @click.argument("doms", metavar="[DOM]...", nargs=-1, shell_complete=_complete_domain)
 @click.option("-l", "--long", "long_", is_flag=True, help="Also the firmware build, step, measurement and last error.")
@@ -345,18 +321,7 @@ def list_cmd(ctx: click.Context, doms: tuple[str, ...], long_: bool) -> None:
             if unknown:
                 raise InputError(f"domain {min(unknown)}: not an SEV guest sevd knows (xl list shows every domain)")
             rows = [r for r in rows if r["domid"] in wanted]
-    header = ["Name", "ID", "Handle", "ASID", "State", "Measured", "Policy"]
-    cells = [
-        [r["name"] or "-", str(r["domid"]), _dash(r["handle"]), _dash(r["asid"]), r["state"],
-         "yes" if r["_measured"] else "no", _policy_text(r["policy"])]
-        for r in rows
-    ]  # fmt: skip
-    lines = _table(header, cells, right={1, 2, 3})
-    if long_:
-        for r in rows:
-            lines.append(f"{r['name'] or r['domid']}:")
-            for key in ("api", "build", "step", "measurement", "error"):
-                lines.append(f"  {key:<12}{'-' if r[key] is None else r[key]}")
+    lines = domains.list_lines(rows, long=long_)
     emit(ctx, [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], "\n".join(lines))
 
 

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from sevd.abi.policy import Policy
 from sevd.abi.units import DomId
 from sevd.config import Config
 from sevd.errors import InputError
@@ -109,3 +110,47 @@ def guest_rows(xs: Xenstore, *, long: bool = False) -> list[dict[str, Any]]:
         }
         for domid, summary in summaries.items()
     ]
+
+
+# -- the `list` table ------------------------------------------------------------------------------------------
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _policy_text(text: str | None) -> str:
+    try:
+        pol = Policy.parse(text) if text else None
+    except InputError:
+        pol = None
+    return f"{pol} {pol.describe()}" if pol else (text or "-")
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Columns as wide as their widest cell (a long name never shifts the others); the last is left ragged."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(cells: list[str]) -> str:
+        out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        out[-1] = cells[-1]
+        return "  ".join(out)
+
+    return [fmt(header), *(fmt(r) for r in rows)]
+
+
+def list_lines(rows: list[dict[str, Any]], *, long: bool = False) -> list[str]:
+    """`xl-sev list`'s text: one row per guest; with `long`, each guest's API, build, step, measurement, error."""
+    header = ["Name", "ID", "Handle", "ASID", "State", "Measured", "Policy"]
+    cells = [
+        [r["name"] or "-", str(r["domid"]), _dash(r["handle"]), _dash(r["asid"]), r["state"],
+         "yes" if r["_measured"] else "no", _policy_text(r["policy"])]
+        for r in rows
+    ]  # fmt: skip
+    lines = _table(header, cells, right={1, 2, 3})
+    if long:
+        for r in rows:
+            lines.append(f"{r['name'] or r['domid']}:")
+            for key in ("api", "build", "step", "measurement", "error"):
+                lines.append(f"  {key:<12}{'-' if r[key] is None else r[key]}")
+    return lines
