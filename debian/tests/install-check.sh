@@ -41,9 +41,12 @@ check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; 
 for suite in "${SUITES[@]}"; do
     echo "== $suite"
     t=$(date +%s)
+    [ -d "$CACHE/$suite.tar" ] && $SUDO rm -rf "$CACHE/$suite.tar"  # left by an older run: a root, not a tarball
     if [ ! -s "$CACHE/$suite.tar" ]; then
-        mmdebstrap --quiet --variant=apt --include=systemd,ca-certificates "$suite" "$CACHE/$suite.tar.tmp" "$MIRROR"
-        mv "$CACHE/$suite.tar.tmp" "$CACHE/$suite.tar"
+        # --format=tar: mmdebstrap otherwise guesses the format from the name's extension.
+        mmdebstrap --quiet --format=tar --variant=apt --include=systemd,ca-certificates "$suite" \
+            "$CACHE/$suite.partial.tar" "$MIRROR"
+        mv "$CACHE/$suite.partial.tar" "$CACHE/$suite.tar"
     fi
     root=$CACHE/root-$suite
     $SUDO rm -rf "$root" && mkdir -p "$root"
