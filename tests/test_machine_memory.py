@@ -38,7 +38,7 @@ from sevd_sim.psp import digest as digest_mod
 from sevd_sim.psp.device import XEN_MACHINE_MEMORY, SimulatedPsp, create_psp
 from sevd_sim.psp.firmware import Firmware
 from sevd_sim.psp.identity import Identity
-from sevd_sim.psp.memory import READ_CHUNK, MachineMemory, OutOfRange, PhysicalMemory
+from sevd_sim.psp.memory import READ_CHUNK, MachineMemory, MemoryFault, OutOfRange, PhysicalMemory
 
 BASE = 0x7A000000  # where the fake machine holds the guest's RAM
 RAM = 4 << 20
@@ -152,11 +152,8 @@ def test_reads_go_to_xen_in_1_mib_chunks_with_the_asid():
     mem = MachineMemory(m.read_spa)
     length = (2 << 20) + 48
     assert mem.read(BASE + 16, length, asid=ASID) == bytes(m.ram[16 : 16 + length])
-    assert m.reads == [
-        (ASID, BASE + 16, 1 << 20),
-        (ASID, BASE + 16 + (1 << 20), 1 << 20),
-        (ASID, BASE + 16 + (2 << 20), 48),
-    ]
+    chunks = [(ASID, BASE + 16, 1 << 20), (ASID, BASE + 16 + (1 << 20), 1 << 20), (ASID, BASE + 16 + (2 << 20), 48)]
+    assert m.reads == [read for chunk in chunks for read in (chunk, chunk)]  # each read twice, to see it repeats
 
 
 def test_contains_leaves_machine_ram_to_xen():
@@ -191,7 +188,7 @@ def test_chunked_digest_equals_one_call(tmp_path, monkeypatch, backend):
     length = (2 << 20) + (512 << 10)
     chunked = digest_mod.LaunchDigest(None, tmp_path / "chunked")
     MachineMemory(m.read_spa).in_place(BASE, length, chunked.update, None, asid=ASID)
-    assert len(m.reads) == 3
+    assert len(m.reads) == 3 * 2  # each chunk read twice
     whole_calls: list[int] = []
     whole = digest_mod.LaunchDigest(None, tmp_path / "whole")
     file_mem = PhysicalMemory.create(tmp_path / "m.img", length)
@@ -258,7 +255,7 @@ def test_launch_measures_machine_memory(xen_psp, machine):
     image_len = (2 << 20) + (512 << 10)
     g.launch_update_data(h, BASE, image_len)
     assert {(asid, length) for asid, _, length in machine.reads} == {(ASID, 1 << 20), (ASID, 512 << 10)}
-    assert len(machine.reads) == 3
+    assert len(machine.reads) == 3 * 2  # each chunk read twice
     m = LaunchMeasurement.parse(g.launch_measure(h))
     st = platform.status()
     verify_measurement(m, before[:image_len], 0, st.api_major, st.api_minor, st.build, bytes(16))
@@ -488,3 +485,27 @@ def test_sim_psp_on_xen_needs_sev_test(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["psp", str(tmp_path / "p"), "--xen-machine-memory"])
     assert result.exit_code == 1 and "sev=test" in result.output
     assert not (tmp_path / "p" / "psp").exists()
+
+
+def test_a_read_that_does_not_repeat_is_read_again_and_logged(caplog):
+    """Machine memory read through Xen under emulation: a chunk whose second read differs is read until two
+    reads agree (and the disagreement is logged); one that never repeats is a fault, never measured."""
+    m = Machine()
+    flips = iter([True, False, False])
+
+    def unstable(asid, spa, length):
+        data = bytearray(m.read_spa(asid, spa, length))
+        if next(flips, False):
+            data[0] ^= 0xFF
+        return bytes(data)
+
+    with caplog.at_level(logging.WARNING, logger="sevd.sim.psp"):
+        assert MachineMemory(unstable).read(BASE, 4096, asid=ASID) == bytes(m.ram[:4096])
+    assert any("read differently twice" in r.getMessage() for r in caplog.records)
+    counter = iter(range(1000))
+
+    def never_the_same(asid, spa, length):
+        return next(counter).to_bytes(4, "little") * (length // 4)
+
+    with pytest.raises(MemoryFault, match="reads differently every time"):
+        MachineMemory(never_the_same).read(BASE, 4096, asid=ASID)
