@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bench import daemon, update_data
+from bench import daemon, scale, soak, update_data
 
-BENCHES = [update_data.run, daemon.run]
+BENCHES = [update_data.run, daemon.run, scale.run, soak.run]
 
 
 def main() -> None:

@@ -43,8 +43,11 @@ class Harness:
         self.daemon: subprocess.Popen | None = None
         self.log = root / "sevd.log"
 
-    def start_daemon(self, env_extra: dict[str, str] | None = None, prelude: str | None = None) -> subprocess.Popen:
-        """`sevd run`; with `prelude`, Python run first in the daemon's process (to patch something out)."""
+    def start_daemon(
+        self, env_extra: dict[str, str] | None = None, prelude: str | None = None, wait: bool = True
+    ) -> subprocess.Popen:
+        """`sevd run`; with `prelude`, Python run first in the daemon's process (to patch something out);
+        `wait`: until its ready node names it."""
         env = dict(os.environ, **(env_extra or {}))
         config = str(self.root / "sevd.toml")
         argv = [str(BIN / "sevd"), "run", "--config", config]
@@ -58,7 +61,8 @@ class Harness:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        wait_for(lambda: self.xs.read(proto.DAEMON_READY) == "1" and self._pid_matches(), 30, "sevd ready")
+        if wait:
+            wait_for(lambda: self.xs.read(proto.DAEMON_READY) == "1" and self._pid_matches(), 30, "sevd ready")
         return self.daemon
 
     def _pid_matches(self) -> bool:
