@@ -15,7 +15,6 @@ its name: what it is (`psp_presence`, `hypervisor_presence`).
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +125,8 @@ BUILT_IN_BACKENDS: dict[str, Any] = {"device": DeviceBackend(), "xen": XenBacken
 def _backend(name: str, section: str) -> Backend:
     if name == BUILT_IN[section]:
         return BUILT_IN_BACKENDS[name]  # type: ignore[no-any-return]
+    import importlib.metadata  # only for a backend that is not built in
+
     found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)
     if not found:
         raise InputError(

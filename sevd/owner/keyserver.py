@@ -26,8 +26,6 @@ import dataclasses
 import os
 import pathlib
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -148,6 +146,11 @@ class KeyServer:
         return value, url
 
     def _get(self, url: str, what: str, key: str) -> bytes:
+        # Imported here: urllib.request brings http.client, email and ssl (megabytes the daemon, which
+        # loads this module with its configuration, never uses).
+        import urllib.error
+        import urllib.request
+
         cache = f"the cache {self.cache_dir}" if self.cache_dir is not None else "no cache"
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as answer:

@@ -6,10 +6,12 @@ The stock `xl` on Xen (sevd.toolstack.xl.XlToolstack) or a simulated host's stan
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sevd.abi.units import DomId, Gpa
-from sevd.xen import xlcfg
+
+if TYPE_CHECKING:  # the daemon, which imports this through sevd.backends, never parses a cfg (libxlutil)
+    from sevd.xen import xlcfg
 
 
 class Toolstack(Protocol):
