@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bench import daemon, update_data
+from bench import daemon, snp_launch_update, update_data
 
-BENCHES = [update_data.run, daemon.run]
+BENCHES = [update_data.run, snp_launch_update.run, daemon.run]
 
 
 def main() -> None:
