@@ -161,6 +161,10 @@ class RmpFile:
         self.path = Path(host) / "rmp.json"
         self.lock = Path(host) / "rmp.lock"
 
+    def initialised(self) -> bool:
+        """Xen has set the RMP up (read without taking the table)."""
+        return self.path.exists() and bool(read_json(self.path).get("initialised"))
+
     @contextlib.contextmanager
     def open(self) -> Iterator[Rmp]:
         with exclusive(self.lock):
