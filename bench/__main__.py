@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bench import daemon, scale, soak, update_data
+from bench import daemon, scale, snp_launch_update, soak, update_data
 
-BENCHES = [update_data.run, daemon.run, scale.run, soak.run]
+BENCHES = [update_data.run, snp_launch_update.run, daemon.run, scale.run, soak.run]
 
 
 def main() -> None:

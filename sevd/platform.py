@@ -34,6 +34,7 @@ from sevd.abi.status import FirmwareError, InvalidLen
 from sevd.errors import DeviceError, InputError
 from sevd.owner.keyserver import KeyServer, complete_chain_dir
 from sevd.psp.device import PspClient
+from sevd.snp_firmware import SnpCommands
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +130,7 @@ class Platform:
         st = self.status()
         if st.state != PlatformState.UNINIT or not self.client.writable:
             return st
+        SnpCommands(self.client).ensure_initialised()  # SNP_INIT first where SEV-SNP is enabled
         req = ffi.new("struct sev_data_guest_status *")
         with contextlib.suppress(FirmwareError, DeviceError):
             self.client.guest_command(FirmwareCommand.GUEST_STATUS, req)

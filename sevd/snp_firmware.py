@@ -9,12 +9,15 @@ with Xen's RMPUPDATEs between) is part 2's; this layer only issues what it is to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 from sevd._psp import ffi
 from sevd.abi import snp
 from sevd.abi.snp import PageType, SnpCommand, SnpGuestState, SnpPlatformState, SnpPolicy, SnpUserCommand, TcbVersion
+from sevd.abi.status import FirmwareError
 from sevd.abi.units import PAGE_SIZE, Asid, Spa
+from sevd.errors import DeviceError, InputError
 from sevd.psp.device import PspClient
 
 
@@ -36,6 +39,11 @@ class SnpPlatformStatus:
     current_tcb: int
     reported_tcb: int
 
+    def as_dict(self) -> dict[str, object]:
+        """For `--json`: names for the enums, TCB_VERSIONs as 16 hex digits (their layout is the chip's)."""
+        out = dataclasses.asdict(self) | {"state": self.state.name}
+        return out | {k: f"{out[k]:016x}" for k in ("current_tcb", "reported_tcb")}
+
 
 @dataclasses.dataclass(frozen=True)
 class SnpGuestStatus:
@@ -48,6 +56,21 @@ class SnpGuestStatus:
 class SnpCommands:
     def __init__(self, client: PspClient):
         self.client = client
+
+    def ensure_initialised(self) -> SnpPlatformStatus | None:
+        """SNP_INIT when SEV-SNP is enabled (the PSP answers SNP_PLATFORM_STATUS with the RMP set up) and the SNP
+        platform is UNINIT; the status after, or None when this PSP or kernel has no SNP.  On such a host the
+        legacy SEV INIT fails until SNP_INIT has run (docs/snp.md), so sevd does this first at start-up.  A failed
+        SNP_INIT is left for the status to show."""
+        try:
+            st = self.platform_status()
+        except (FirmwareError, DeviceError):
+            return None
+        if st.state != SnpPlatformState.UNINIT or not st.rmp_initialized or not self.client.writable:
+            return st
+        with contextlib.suppress(FirmwareError, DeviceError):
+            self.init()
+        return self.platform_status()
 
     # -- platform ----------------------------------------------------------------------------------------------
 
@@ -84,7 +107,9 @@ class SnpCommands:
             reported_tcb=out.reported_tcb_version,
         )
 
-    def set_config(self, reported_tcb: TcbVersion, *, mask_chip_id: bool = False, mask_chip_key: bool = False) -> None:
+    def set_config(
+        self, reported_tcb: TcbVersion | int, *, mask_chip_id: bool = False, mask_chip_key: bool = False
+    ) -> None:
         req = ffi.new("struct sevd_snp_config *")
         req.reported_tcb = int(reported_tcb)
         req.flags = snp.CONFIG_MASK_CHIP_ID if mask_chip_id else 0
@@ -95,6 +120,10 @@ class SnpCommands:
         self.client.platform_command(SnpUserCommand.SNP_COMMIT)
 
     def vlek_load(self, wrapped_hashstick: bytes) -> None:
+        if len(wrapped_hashstick) != snp.WRAPPED_VLEK_HASHSTICK_SIZE:
+            raise InputError(
+                f"a wrapped VLEK hashstick is {snp.WRAPPED_VLEK_HASHSTICK_SIZE} bytes, not {len(wrapped_hashstick)}"
+            )
         blob = ffi.new("uint8_t[]", wrapped_hashstick)
         req = ffi.new("struct sevd_snp_vlek_load *")
         req.len = ffi.sizeof("struct sevd_snp_vlek_load")

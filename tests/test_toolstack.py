@@ -222,6 +222,7 @@ def test_host_checks_ask_the_backends_not_their_names(sim_config: Config) -> Non
         "/dev/sev",
         "guest-command ioctl",
         "firmware",
+        "SEV-SNP",
         "Xen",
         "xenstore",
         "sevd",

@@ -23,6 +23,7 @@ import click
 from sevd import __version__
 from sevd.abi.policy import Policy
 from sevd.backends import open_psp
+from sevd.cli import xl_sev_snp
 from sevd.cli.common import emit, reports_errors, run_cli
 from sevd.config import Config
 from sevd.errors import InputError, SevdError
@@ -109,7 +110,7 @@ def _json(ctx: click.Context) -> bool:
 
 @cli.group()
 def platform() -> None:
-    """SEV platform management (like sevctl): status, certificate export, ownership."""
+    """SEV platform management (like sevctl): status, certificate export, ownership; SEV-SNP's snp-*, vlek-load."""
 
 
 @platform.command("status")
@@ -123,6 +124,9 @@ def platform_status(ctx: click.Context) -> None:
         f"owner {'external' if st.owner else 'self'}\nes {'enabled' if st.es else 'disabled'}\nguests {st.guests}"
     )
     emit(ctx, st.as_dict(), text)
+
+
+xl_sev_snp.register(platform, _config)
 
 
 @platform.command("export")

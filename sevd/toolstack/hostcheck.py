@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from sevd.abi.cpuid import MemoryEncryption
 from sevd.abi.status import FirmwareError
 from sevd.abi.units import NO_HANDLE, DomId
 from sevd.backends import hypervisor_backend, hypervisor_presence, open_psp, psp_presence
@@ -23,6 +25,7 @@ from sevd.errors import DeviceError, SevdError
 from sevd.guest import GuestCommands
 from sevd.platform import Platform
 from sevd.psp.device import PspClient
+from sevd.snp_firmware import SnpCommands
 from sevd.toolstack.domains import connect
 from sevd.toolstack.liveness import daemon_problem
 from sevd.xen import protocol as proto
@@ -104,7 +107,7 @@ def sev_checks(capabilities: Callable[[], SevCapabilities]) -> list[Check]:
     return [sev, es]
 
 
-def _cpuid_8000001f() -> tuple[int, int, int, int] | None:
+def _cpuid_8000001f() -> MemoryEncryption | None:
     """CPUID leaf 0x8000001F through the cpuid driver (/dev/cpu/0/cpuid, root), or None."""
     try:
         fd = os.open(CPUID_DEVICE, os.O_RDONLY)
@@ -116,8 +119,7 @@ def _cpuid_8000001f() -> tuple[int, int, int, int] | None:
         return None
     finally:
         os.close(fd)
-    eax, ebx, ecx, edx = (int.from_bytes(raw[i : i + 4], "little") for i in range(0, 16, 4))
-    return eax, ebx, ecx, edx
+    return MemoryEncryption.from_bytes(raw)
 
 
 def cpu_checks() -> list[Check]:
@@ -130,9 +132,8 @@ def cpu_checks() -> list[Check]:
                 flags = set(line.split(":", 1)[1].split())
                 break
     if leaf is not None:
-        eax, _ebx, ecx, edx = leaf
-        sev, es = bool(eax & 2), bool(eax & 8)
-        ranges = f"ASIDs 1..{ecx}, plain SEV from {edx}" if sev else ""
+        sev, es = leaf.sev, leaf.es
+        ranges = f"ASIDs 1..{leaf.max_asid}, plain SEV from {leaf.min_sev_asid}" if sev else ""
     else:
         sev, es = "sev" in flags, "sev_es" in flags
         ranges = "ASID ranges unknown (load the cpuid module for CPUID 0x8000001F)"
@@ -151,6 +152,53 @@ def cpu_checks() -> list[Check]:
             required=False,
         ),
     ]
+
+
+SNP_ABSENT = "SEV and SEV-ES guests only"
+
+
+def snp_check(caps: Callable[[], SevCapabilities] | None, client: PspClient | None) -> Check:
+    """SEV-SNP in one line: the CPU's SNP bit (the hypervisor's capabilities, or this CPU's CPUID 0x8000001F
+    when there is no hypervisor to ask), the RMP the hypervisor set up, then SNP_PLATFORM_STATUS when the PSP
+    answers it.  Optional: plain SEV works without SNP."""
+    name = "SEV-SNP"
+    if caps is None:
+        leaf = _cpuid_8000001f()
+        if leaf is None or not leaf.snp:
+            return Check(name, False, f"not available: the CPU does not report SEV-SNP; {SNP_ABSENT}", required=False)
+        cpu, rmp, src = True, None, "CPU"
+    else:
+        try:
+            c = caps()
+        except (HypervisorError, OSError) as exc:
+            return Check(name, False, f"not checked: {exc}", required=False)
+        cpu, rmp, src = c.snp_cpu, c.snp, c.source
+    if not cpu:
+        return Check(name, False, f"not available: {src} reports no SEV-SNP on this CPU; {SNP_ABSENT}", required=False)
+    if rmp is False:
+        return Check(
+            name, False, f"not enabled: {src}: no RMP set up (SEV-SNP off in the BIOS); {SNP_ABSENT}", required=False
+        )
+    where = f"{src}: CPU SEV-SNP, " + ("RMP set up" if rmp else "no hypervisor to say whether the RMP is set up")
+    if client is None:
+        return Check(name, False, f"{where}; SNP firmware not checked: no PSP", "fix /dev/sev first", required=False)
+    try:
+        st = SnpCommands(client).platform_status()
+    except (FirmwareError, SevdError) as exc:
+        return Check(
+            name,
+            False,
+            f"{where}; the PSP does not answer SNP_PLATFORM_STATUS ({exc})",
+            "a Dom0 kernel with the SNP platform ioctls (Linux 6.11 or later)",
+            required=False,
+        )
+    return Check(
+        name,
+        True,
+        f"{where}; SNP API {st.api_major}.{st.api_minor} build {st.build_id}, {st.state.name}, {st.guest_count} "
+        f"guests, reported TCB {st.reported_tcb:#018x}",
+        required=False,
+    )
 
 
 def psp_checks(config: Config) -> tuple[list[Check], PspClient | None]:
@@ -232,13 +280,15 @@ def stock_path_checks(config: Config) -> list[Check]:
 
 
 def host_checks(config: Config) -> list[Check]:
-    """Every check of `xl-sev ok`, in order: CPU, /dev/sev, guest ioctl, firmware, Xen, xenstore, sevd, and
+    """Every check of `xl-sev ok`, in order: CPU, /dev/sev, guest ioctl, firmware, SEV-SNP, Xen, xenstore, sevd, and
     on Xen what xendomains would do with SEV guests."""
     hypervisor = hypervisor_presence(config)
-    checks = sev_checks(lambda: capabilities_of(config)) if hypervisor.found else cpu_checks()
+    caps = functools.cache(lambda: capabilities_of(config)) if hypervisor.found else None
+    checks = sev_checks(caps) if caps is not None else cpu_checks()
     more, client = psp_checks(config)
     checks += more
     checks.append(firmware_check(client))
+    checks.append(snp_check(caps, client))
     checks.append(Check("Xen", hypervisor.ok, hypervisor.detail, hypervisor.hint))
     checks += xenstore_checks(config)
     checks += stock_path_checks(config)

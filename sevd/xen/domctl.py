@@ -303,7 +303,8 @@ class DomctlXen:
 
     def sev_capabilities(self) -> SevCapabilities:
         """INFO as the host checks show it.  This Xen launches plain SEV guests only: xen-patches/ has no
-        SEV-ES VMSA or #VC handling yet, whatever the CPU reports."""
+        SEV-ES VMSA or #VC handling yet, whatever the CPU reports; nor does it set an RMP up (`snp` stays
+        False: SEV-SNP on Xen is docs/snp.md's part 2)."""
         try:
             info = self.info()
         except HypervisorError as exc:

@@ -46,6 +46,8 @@ class SevCapabilities:
     test_mode: bool = False  # Xen's sev=test: nothing is encrypted
     awaiting_flush: int = 0  # ASIDs of dead SEV domains waiting for WBINVD + DF_FLUSH
     why_unavailable: str = ""  # where to read why SEV is not available, when it is not
+    snp_cpu: bool = False  # the CPU reports SEV-SNP (CPUID 0x8000001F EAX bit 4)
+    snp: bool = False  # the hypervisor set the RMP up at boot: SNP_INIT can run (docs/snp.md)
 
     @property
     def es_asids(self) -> range:

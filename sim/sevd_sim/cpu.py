@@ -21,6 +21,7 @@ class CpuModel:
     coherent: bool  # EAX bit 10: SME_COHERENT
     ccxs: int  # core complexes the firmware tracks ASIDs and WBINVD_DONE over
     cores_per_ccx: int
+    snp: bool = False  # EAX bit 4: SEV-SNP (Milan and later; whether the BIOS enables it is the host's --snp)
 
 
 CPUS: dict[str, CpuModel] = {
@@ -29,14 +30,14 @@ CPUS: dict[str, CpuModel] = {
     # Rome (7002, Zen 2): 509 ASIDs, SEV-ES, still no coherency; 16 CCXs of 4 cores.
     "rome": CpuModel("rome", 509, 100, es=True, coherent=False, ccxs=16, cores_per_ccx=4),
     # Milan (7003, Zen 3): the first with SME_COHERENT; 8 CCXs of 8 cores.
-    "milan": CpuModel("milan", 509, 100, es=True, coherent=True, ccxs=8, cores_per_ccx=8),
+    "milan": CpuModel("milan", 509, 100, es=True, coherent=True, ccxs=8, cores_per_ccx=8, snp=True),
     # Genoa (9004, Zen 4) and Turin (9005, Zen 5): 1006 ASIDs; ES and SNP guests share the low range.
-    "genoa": CpuModel("genoa", 1006, 500, es=True, coherent=True, ccxs=12, cores_per_ccx=8),
-    "turin": CpuModel("turin", 1006, 500, es=True, coherent=True, ccxs=16, cores_per_ccx=8),
+    "genoa": CpuModel("genoa", 1006, 500, es=True, coherent=True, ccxs=12, cores_per_ccx=8, snp=True),
+    "turin": CpuModel("turin", 1006, 500, es=True, coherent=True, ccxs=16, cores_per_ccx=8, snp=True),
 }
 
 # The simulated host without --cpu: a small, coherent, ES-capable CPU (few ASIDs keep tests quick).
-DEFAULT = CpuModel("default", 64, 5, es=True, coherent=True, ccxs=2, cores_per_ccx=4)
+DEFAULT = CpuModel("default", 64, 5, es=True, coherent=True, ccxs=2, cores_per_ccx=4, snp=True)
 
 
 def cpu_model(name: str | None) -> CpuModel:

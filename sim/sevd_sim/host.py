@@ -98,7 +98,9 @@ class SimulatedHost:
             topology=(model.ccxs, model.cores_per_ccx),
             snp=snp_product,
         )
-        xen = SimulatedXen.create(host.root, memory_size // PAGE_SIZE, max_asid, min_sev_asid, coherent=model.coherent)
+        xen = SimulatedXen.create(
+            host.root, memory_size // PAGE_SIZE, max_asid, min_sev_asid, coherent=model.coherent, snp_cpu=model.snp
+        )
         if snp:
             xen.setup_rmp()  # Xen's boot: RMP base/end, SNPEn, MSR_VM_HSAVE_PA cleared, WBINVD, before Dom0
         (host.root / "cpu.json").write_text(json.dumps(dataclasses.asdict(model) | {"pv_dom0": pv_dom0}) + "\n")

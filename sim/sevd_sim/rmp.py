@@ -58,6 +58,9 @@ class RmpEntry:
         return self.assigned and self.asid != 0 and not self.validated and not self.immutable
 
 
+_DEFAULT = dataclasses.asdict(RmpEntry())
+
+
 class Rmp:
     def __init__(self, state: dict[str, Any]):
         self.state = state
@@ -77,12 +80,17 @@ class Rmp:
         raw = self.state["entries"].get(str(spa // PAGE))
         return RmpEntry(**raw) if raw else RmpEntry()
 
+    def firmware_use(self, spa: int) -> str:
+        """`entry(spa).firmware_use` without building the entry (checked on every guest command)."""
+        raw = self.state["entries"].get(str(spa // PAGE))
+        return str(raw["firmware_use"]) if raw else ""
+
     def _store(self, spa: int, entry: RmpEntry) -> None:
         key = str(spa // PAGE)
         if entry == RmpEntry():
             self.state["entries"].pop(key, None)
         else:
-            self.state["entries"][key] = dataclasses.asdict(entry)
+            self.state["entries"][key] = dict(vars(entry))  # flat fields: asdict's deep copy is not needed
 
     # -- the hypervisor's instructions -------------------------------------------------------------------
 
@@ -132,7 +140,14 @@ class Rmp:
     # -- the firmware's own changes (it may change immutable pages) ---------------------------------------
 
     def firmware_set(self, spa: int, **fields: Any) -> None:
-        self._store(spa, dataclasses.replace(self.entry(spa), **fields))
+        key = str(spa // PAGE)
+        raw = self.state["entries"].get(key)
+        if raw is None:
+            self._store(spa, RmpEntry(**fields))
+        else:
+            raw.update(fields)  # SNP_LAUNCH_UPDATE does this once per page: no entry built and copied
+            if raw == _DEFAULT:
+                del self.state["entries"][key]
 
     def firmware_release(self, spa: int) -> None:
         """Back to hypervisor-owned (SNP_PAGE_RECLAIM, DECOMMISSION of context pages)."""
@@ -145,6 +160,10 @@ class RmpFile:
     def __init__(self, host: Path | str):
         self.path = Path(host) / "rmp.json"
         self.lock = Path(host) / "rmp.lock"
+
+    def initialised(self) -> bool:
+        """Xen has set the RMP up (read without taking the table)."""
+        return self.path.exists() and bool(read_json(self.path).get("initialised"))
 
     @contextlib.contextmanager
     def open(self) -> Iterator[Rmp]:

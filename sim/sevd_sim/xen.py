@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sevd.abi.cpuid import Feature, MemoryEncryption
 from sevd.abi.units import MAX_VCPUS, Asid, DomId, Gpa, Spa
 from sevd.abi.units import PAGE_SIZE as PAGE
 from sevd.abi.vmsa import reset_vmsas
@@ -51,9 +52,16 @@ class SimulatedXen:
 
     @classmethod
     def create(
-        cls, host: Path, memory_pages: int, max_asid: int, min_sev_asid: int, coherent: bool = True
+        cls,
+        host: Path,
+        memory_pages: int,
+        max_asid: int,
+        min_sev_asid: int,
+        coherent: bool = True,
+        snp_cpu: bool = False,
     ) -> SimulatedXen:
-        """`coherent`: the CPU has SME_COHERENT (CPUID 0x8000001F EAX bit 10); without it host writes are cached."""
+        """`coherent`: the CPU has SME_COHERENT (CPUID 0x8000001F EAX bit 10); without it host writes are cached.
+        `snp_cpu`: the CPU has SEV-SNP (EAX bit 4); the RMP is set up only on a host whose BIOS enables it."""
         xen = cls(host)
         xen.dir.mkdir(parents=True, exist_ok=True)
         if not coherent:
@@ -67,6 +75,7 @@ class SimulatedXen:
                 "max_asid": max_asid,
                 "min_sev_asid": min_sev_asid,
                 "coherent": coherent,
+                "snp_cpu": snp_cpu,
                 "dirty_asids": [],
                 "domains": {},
             },
@@ -373,16 +382,27 @@ class SimulatedXen:
             state = self._load()
         except OSError as exc:
             raise HypervisorError(f"simulated host unreadable: {exc}", hint="check [hypervisor] path") from None
+        leaf = self.cpuid_8000001f(state)
         return SevCapabilities(
             source="simulated",
-            available=True,
-            min_sev_asid=state["min_sev_asid"],
-            max_asid=state["max_asid"],
-            cbit=self.CBIT,
-            es=True,
+            available=leaf.sev,
+            min_sev_asid=leaf.min_sev_asid,
+            max_asid=leaf.max_asid,
+            cbit=leaf.cbit,
+            es=leaf.es,
             launches_es=True,
             awaiting_flush=len(state["dirty_asids"]),
+            snp_cpu=leaf.snp,
+            snp=RmpFile(self.host).initialised(),
         )
+
+    def cpuid_8000001f(self, state: dict[str, Any] | None = None) -> MemoryEncryption:
+        """The simulated CPU's memory-encryption leaf as Xen reads it."""
+        state = self._load() if state is None else state
+        features = Feature.SME | Feature.SEV | Feature.SEV_ES
+        if state.get("snp_cpu"):
+            features |= Feature.SEV_SNP
+        return MemoryEncryption(features, self.CBIT, 1, state["max_asid"], state["min_sev_asid"])
 
     # -- SEV-SNP: the RMP is Xen's (docs/snp.md) ------------------------------------------------------------
 

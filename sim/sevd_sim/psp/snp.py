@@ -131,7 +131,7 @@ class SnpFirmware:
     def _guest(self, cmd: S, gctx: int) -> dict[str, Any]:
         """The guest whose context page is at `gctx`: INVALID_GUEST unless that page is a live context page."""
         guest = self.state["guests"].get(str(gctx))
-        if guest is None or self.rmp.entry(gctx).firmware_use != "context":
+        if guest is None or self.rmp.firmware_use(gctx) != "context":
             raise status.InvalidGuest(cmd.name, detail=f"no guest context at {gctx:#x}")
         return guest
 
