@@ -44,7 +44,7 @@ from sevd.abi.commands import PlatformState as P
 from sevd.abi.platform_status import status_flags
 from sevd.abi.snp import Product, SnpCommand, SnpUserCommand, TcbVersion
 from sevd.abi.units import MAX_HANDLES, Asid, Spa
-from sevd.durable import atomic_write, exclusive, read_json, write_json
+from sevd.durable import atomic_write, encode_json, exclusive, read_json, write_json
 from sevd.psp.device import SEV_ISSUE_CMD, SEV_ISSUE_GUEST_CMD
 from sevd_sim import kds
 from sevd_sim.psp import tables
@@ -281,7 +281,7 @@ class SimulatedPsp:
 
         def __exit__(self, *exc: object) -> None:
             try:
-                after = json.dumps(self.fw.state, indent=1, sort_keys=True).encode()  # as write_json writes it
+                after = encode_json(self.fw.state)  # as write_json writes it
                 if after != self.before:
                     atomic_write(self.psp.dir / "state.json", after)  # the bytes compared: not encoded twice
             finally:
