@@ -8,6 +8,17 @@ from __future__ import annotations
 import click
 
 from sevd import __version__
+from sevd_sim.psp.linux import DEFAULT_LINUX, GENERATIONS
+
+# Which Dom0 kernel's /dev/sev driver a simulated PSP sits behind (sevd_sim.psp.linux), for `host` and `psp`.
+LINUX_OPTION = click.option(
+    "--linux",
+    type=click.Choice(list(GENERATIONS)),
+    default=DEFAULT_LINUX,
+    show_default=True,
+    help="The Dom0 kernel's /dev/sev driver to simulate: 6.1 (Debian 12) INITs the PSP at probe; 6.12 "
+    "(Debian 13) and 6.16 leave it UNINIT and INIT/SHUTDOWN around each platform ioctl.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,14 +47,7 @@ def demo(host_dir: str | None) -> None:
 )
 @click.option("--max-asid", type=int, default=None, help="Simulated CPUID 0x8000001F: number of ASIDs.")
 @click.option("--min-sev-asid", type=int, default=None, help="First plain-SEV ASID (below: SEV-ES).")
-@click.option(
-    "--linux",
-    type=click.Choice(["6.1", "6.12", "6.16"]),
-    default="6.1",
-    show_default=True,
-    help="The Dom0 kernel's /dev/sev driver to simulate: 6.1 (Debian 12) INITs the PSP at probe; 6.12 "
-    "(Debian 13) and 6.16 leave it UNINIT and INIT/SHUTDOWN around each platform ioctl.",
-)
+@LINUX_OPTION
 @click.option("--create-only", is_flag=True, help="Create the host and exit; do not run the xenstored stand-in.")
 @click.option("--snp", is_flag=True, help="The BIOS enables SEV-SNP (Milan or later; docs/snp.md).")
 def host(
@@ -88,14 +92,7 @@ def _check_asids(max_asid: int, min_sev_asid: int) -> None:
 )
 @click.option("--max-asid", type=int, default=None, help="Number of ASIDs (default 64, or what Xen reports).")
 @click.option("--min-sev-asid", type=int, default=None, help="First plain-SEV ASID (default 5, or what Xen reports).")
-@click.option(
-    "--linux",
-    type=click.Choice(["6.1", "6.12", "6.16"]),
-    default="6.1",
-    show_default=True,
-    help="The Dom0 kernel's /dev/sev driver to simulate: 6.1 (Debian 12) INITs the PSP at probe; 6.12 "
-    "(Debian 13) and 6.16 leave it UNINIT and INIT/SHUTDOWN around each platform ioctl.",
-)
+@LINUX_OPTION
 def psp(directory: str, xen_machine_memory: bool, max_asid: int | None, min_sev_asid: int | None, linux: str) -> None:
     """Create only a simulated PSP in DIRECTORY (no simulated Xen, no xenstored stand-in)."""
     from pathlib import Path
